@@ -1,0 +1,310 @@
+# Copyright 2025 The NatureLM-audio authors and the HuggingFace Inc. team.
+#
+# Licensed under the MIT License.
+"""
+Feature extractor for NatureLM-audio: the BEATs Kaldi log-mel front end.
+
+This file is shipped with checkpoints as remote code (`trust_remote_code=True`), so it imports only torch, numpy,
+transformers and the standard library.
+"""
+
+import math
+from functools import lru_cache
+
+import numpy as np
+import torch
+
+from transformers.audio_utils import mel_filter_bank
+from transformers.feature_extraction_sequence_utils import SequenceFeatureExtractor
+from transformers.feature_extraction_utils import BatchFeature
+from transformers.utils import TensorType, logging
+
+
+logger = logging.get_logger(__name__)
+
+# Kaldi fbank settings that BEATs uses implicitly (the defaults of `torchaudio.compliance.kaldi.fbank`).
+KALDI_PCM_SCALE = 2**15  # BEATs feeds Kaldi 16-bit-PCM-scaled audio
+KALDI_PREEMPHASIS = 0.97
+KALDI_LOW_FREQUENCY = 20.0
+KALDI_LOG_FLOOR = torch.finfo(torch.float32).eps
+
+# Band-limited resampling settings (the defaults of `torchaudio.functional.resample`).
+RESAMPLE_ZERO_CROSSINGS = 6
+RESAMPLE_ROLLOFF = 0.99
+
+_FLOAT_DTYPES = {torch.float16, torch.bfloat16, torch.float32, torch.float64}
+
+
+@lru_cache(maxsize=16)
+def _sinc_resample_kernel(orig_freq: int, new_freq: int) -> tuple[torch.Tensor, int]:
+    """
+    Builds the polyphase filter bank for resampling by the reduced ratio `new_freq / orig_freq`.
+
+    Output sample `n` lies at input position `n * orig_freq / new_freq`. Writing `n = j * new_freq + p`, phase `p`
+    reads the inputs `j * orig_freq - width ... j * orig_freq + orig_freq + width - 1`, so one `conv1d` with stride
+    `orig_freq` and `new_freq` output channels computes every phase at once. Each tap is a Hann-windowed sinc
+    low-pass at `rolloff * min(orig_freq, new_freq) / 2`, cut off after `RESAMPLE_ZERO_CROSSINGS` zero crossings.
+
+    Returns:
+        `tuple[torch.Tensor, int]`: the float32 kernel of shape `(new_freq, 1, orig_freq + 2 * width)` and `width`.
+    """
+    cutoff = RESAMPLE_ROLLOFF * min(orig_freq, new_freq)  # in cycles per `gcd` samples
+    width = math.ceil(RESAMPLE_ZERO_CROSSINGS * orig_freq / cutoff)
+    taps = torch.arange(-width, orig_freq + width, dtype=torch.float64) / orig_freq
+    phases = torch.arange(new_freq, dtype=torch.float64)[:, None] / new_freq
+    x = (cutoff * (taps[None, :] - phases)).clamp(-RESAMPLE_ZERO_CROSSINGS, RESAMPLE_ZERO_CROSSINGS)
+    window = torch.cos(x * math.pi / (2 * RESAMPLE_ZERO_CROSSINGS)) ** 2
+    kernel = torch.special.sinc(x) * window * (cutoff / orig_freq)
+    return kernel[:, None, :].to(torch.float32), width
+
+
+def resample(waveform: torch.Tensor, orig_freq: int, new_freq: int) -> torch.Tensor:
+    """
+    Band-limited (windowed-sinc) resampling of the last axis, the same interpolation as
+    `torchaudio.functional.resample`'s defaults, so that this file does not need torchaudio.
+
+    Args:
+        waveform (`torch.Tensor` of shape `(..., time)`):
+            Float32 audio.
+        orig_freq (`int`):
+            Sampling rate of `waveform`.
+        new_freq (`int`):
+            Wanted sampling rate.
+
+    Returns:
+        `torch.Tensor` of shape `(..., ceil(time * new_freq / orig_freq))`.
+    """
+    if orig_freq == new_freq:
+        return waveform
+    gcd = math.gcd(orig_freq, new_freq)
+    orig_freq, new_freq = orig_freq // gcd, new_freq // gcd
+    kernel, width = _sinc_resample_kernel(orig_freq, new_freq)
+    shape, length = waveform.shape[:-1], waveform.shape[-1]
+    padded = torch.nn.functional.pad(waveform.reshape(-1, 1, length), (width, width + orig_freq))
+    out = torch.nn.functional.conv1d(padded, kernel, stride=orig_freq)  # (batch, phase, block)
+    out = out.transpose(1, 2).reshape(*shape, -1)
+    return out[..., : -(-length * new_freq // orig_freq)]
+
+
+class NatureLMFeatureExtractor(SequenceFeatureExtractor):
+    r"""
+    Constructs a NatureLM-audio feature extractor.
+
+    It reproduces the audio front end of the original NatureLM-audio: each clip becomes 16 kHz mono audio of exactly
+    `max_length_seconds` (truncated or zero-padded, then clipped to [-1, 1]) and then BEATs' normalised Kaldi log-mel
+    filter bank (`torchaudio.compliance.kaldi.fbank` with its defaults: Povey window, pre-emphasis 0.97, DC removal,
+    no dither, snip edges, 512-point FFT, power spectrum, 20 Hz to Nyquist), computed here in batched torch without
+    torchaudio.
+
+    Args:
+        num_mel_bins (`int`, *optional*, defaults to 128):
+            Number of mel filters, i.e. the feature dimension.
+        sampling_rate (`int`, *optional*, defaults to 16000):
+            Sampling rate the model expects; input audio is resampled to it.
+        frame_length (`float`, *optional*, defaults to 25.0):
+            Analysis frame length in milliseconds.
+        frame_shift (`float`, *optional*, defaults to 10.0):
+            Hop between frames in milliseconds.
+        max_length_seconds (`float`, *optional*, defaults to 10.0):
+            Every clip is truncated or zero-padded to this duration, as the model was trained on fixed-length clips.
+        mean (`float`, *optional*, defaults to 15.41663):
+            Mean of the log-mel features used by BEATs for normalisation.
+        std (`float`, *optional*, defaults to 6.55582):
+            Standard deviation used by BEATs for normalisation (features are divided by `2 * std`).
+        padding_value (`float`, *optional*, defaults to 0.0):
+            Sample value used to pad short clips (silence).
+        return_attention_mask (`bool`, *optional*, defaults to `False`):
+            Whether [`~NatureLMFeatureExtractor.__call__`] returns an `attention_mask` over frames by default. The
+            original model does not use one: it always sees the padded clip.
+    """
+
+    model_input_names = ["input_features"]
+
+    def __init__(
+        self,
+        num_mel_bins: int = 128,
+        sampling_rate: int = 16000,
+        frame_length: float = 25.0,
+        frame_shift: float = 10.0,
+        max_length_seconds: float = 10.0,
+        mean: float = 15.41663,
+        std: float = 6.55582,
+        padding_value: float = 0.0,
+        return_attention_mask: bool = False,
+        **kwargs,
+    ) -> None:
+        kwargs.pop("feature_size", None)  # saved by `to_dict`, always equal to `num_mel_bins`
+        super().__init__(
+            feature_size=num_mel_bins,
+            sampling_rate=sampling_rate,
+            padding_value=padding_value,
+            return_attention_mask=return_attention_mask,
+            **kwargs,
+        )
+        self.num_mel_bins = num_mel_bins
+        self.frame_length = frame_length
+        self.frame_shift = frame_shift
+        self.max_length_seconds = max_length_seconds
+        self.mean = mean
+        self.std = std
+
+        # Kaldi rounds the frame sizes down to whole samples and the FFT size up to a power of two.
+        self.window_size = int(sampling_rate * frame_length * 0.001)
+        self.window_shift = int(sampling_rate * frame_shift * 0.001)
+        self.n_fft = 1 << (self.window_size - 1).bit_length()
+        # `to_dict` leaves out the attributes named `window` and `mel_filters`, so they stay out of the JSON config.
+        # The Povey window is built in fp32 like Kaldi/torchaudio: its last-bit rounding visibly moves the log energy
+        # of near-silent bins, so a float64 window cast to fp32 would not reproduce the original features.
+        self.window = torch.hann_window(self.window_size, periodic=False, dtype=torch.float32).pow(0.85)
+        self.mel_filters = torch.from_numpy(
+            mel_filter_bank(
+                num_frequency_bins=self.n_fft // 2 + 1,
+                num_mel_filters=num_mel_bins,
+                min_frequency=KALDI_LOW_FREQUENCY,
+                max_frequency=sampling_rate / 2,
+                sampling_rate=sampling_rate,
+                norm=None,
+                mel_scale="kaldi",
+                triangularize_in_mel_space=True,
+            )
+        ).float()
+
+    @property
+    def num_samples(self) -> int:
+        """Number of samples of every (truncated or padded) clip."""
+        return round(self.max_length_seconds * self.sampling_rate)
+
+    @property
+    def num_frames(self) -> int:
+        """Number of fbank frames per clip (Kaldi `snip_edges`: only frames that fit entirely)."""
+        return 1 + (self.num_samples - self.window_size) // self.window_shift
+
+    def get_num_audio_tokens(self, window_tokens: int, num_query_tokens: int, patch_size: int = 16) -> int:
+        """
+        Number of LLM input vectors the model makes from one clip: BEATs cuts the `(num_frames, num_mel_bins)` fbank
+        into non-overlapping `patch_size` x `patch_size` patches, the Q-Former reads them in non-overlapping windows
+        of `window_tokens` patches (a trailing partial window is dropped) and emits `num_query_tokens` per window.
+
+        Args:
+            window_tokens (`int`):
+                BEATs patches per Q-Former window (17 for the released model).
+            num_query_tokens (`int`):
+                Q-Former query tokens, i.e. LLM audio tokens per window (1 for the released model).
+            patch_size (`int`, *optional*, defaults to 16):
+                BEATs patch size in frames and mel bins.
+
+        Returns:
+            `int`: the number of audio tokens (29 for 10 s with the released model).
+        """
+        if min(window_tokens, num_query_tokens, patch_size) <= 0:
+            raise ValueError(
+                f"window_tokens ({window_tokens}), num_query_tokens ({num_query_tokens}) and patch_size "
+                f"({patch_size}) must be positive."
+            )
+        num_patches = (self.num_frames // patch_size) * (self.num_mel_bins // patch_size)
+        return (num_patches // window_tokens) * num_query_tokens
+
+    def _prepare_clip(self, clip: np.ndarray | torch.Tensor, index: int, sampling_rate: int) -> tuple[torch.Tensor, int]:
+        """Validates one clip and returns it as fixed-length 16 kHz mono float32 with its number of real samples."""
+        if isinstance(clip, torch.Tensor):
+            if clip.dtype not in _FLOAT_DTYPES:
+                raise ValueError(
+                    f"Clip {index} has dtype {clip.dtype}; float audio in [-1, 1] is expected (float16, bfloat16, "
+                    "float32 or float64). Convert integer PCM by dividing by its full scale, e.g. 32768 for int16."
+                )
+            waveform = clip.detach().cpu()
+        else:
+            array = np.asarray(clip)
+            if array.dtype not in (np.float16, np.float32, np.float64):
+                raise ValueError(
+                    f"Clip {index} has dtype {array.dtype}; float audio in [-1, 1] is expected (float16, float32 or "
+                    "float64). Convert integer PCM by dividing by its full scale, e.g. 32768 for int16."
+                )
+            waveform = torch.from_numpy(np.ascontiguousarray(array))
+        if waveform.ndim not in (1, 2):
+            raise ValueError(
+                f"Clip {index} has {waveform.ndim} dimensions (shape {tuple(waveform.shape)}); expected 1-D (time,) "
+                "or 2-D (channels, time) / (time, channels). Pass a batch as a list of clips."
+            )
+        if waveform.numel() == 0:
+            raise ValueError(f"Clip {index} is empty (shape {tuple(waveform.shape)}).")
+        waveform = waveform.float()
+        if not torch.isfinite(waveform).all():
+            raise ValueError(f"Clip {index} contains NaN or infinite samples.")
+
+        if waveform.ndim == 2:  # the shorter axis is taken to be the channels
+            waveform = waveform.mean(dim=0 if waveform.shape[0] <= waveform.shape[1] else 1)
+        waveform = resample(waveform, sampling_rate, self.sampling_rate)[: self.num_samples]
+        num_real = waveform.shape[0]
+        waveform = torch.nn.functional.pad(waveform, (0, self.num_samples - num_real), value=self.padding_value)
+        return waveform.clamp(-1.0, 1.0), num_real
+
+    def _kaldi_fbank(self, waveforms: torch.Tensor) -> torch.Tensor:
+        """
+        `torchaudio.compliance.kaldi.fbank` with BEATs' settings for a batch `(batch, samples)`, in the same fp32
+        operation order so that it matches to rounding error. Returns `(batch, num_frames, num_mel_bins)`.
+        """
+        frames = (waveforms * KALDI_PCM_SCALE).unfold(-1, self.window_size, self.window_shift)
+        frames = frames - frames.mean(dim=-1, keepdim=True)
+        previous = torch.cat([frames[..., :1], frames[..., :-1]], dim=-1)  # Kaldi repeats the first sample
+        frames = (frames - KALDI_PREEMPHASIS * previous) * self.window
+        power = torch.fft.rfft(frames, n=self.n_fft).abs().pow(2)
+        return torch.matmul(power, self.mel_filters).clamp_min(KALDI_LOG_FLOOR).log()
+
+    def __call__(
+        self,
+        raw_speech: np.ndarray | torch.Tensor | list[np.ndarray] | list[torch.Tensor],
+        sampling_rate: int | None = None,
+        return_tensors: str | TensorType | None = None,
+        return_attention_mask: bool | None = None,
+        **kwargs,
+    ) -> BatchFeature:
+        """
+        Turns one clip or a list of clips into normalised BEATs log-mel features.
+
+        Args:
+            raw_speech (`np.ndarray`, `torch.Tensor` or a list of them):
+                Float audio in [-1, 1]. A 1-D clip is mono `(time,)`. A 2-D clip is multi-channel and averaged to
+                mono; its shorter axis is taken to be the channels, i.e. it is `(channels, time)` if
+                `shape[0] <= shape[1]` and `(time, channels)` otherwise. A batch must be a list (or tuple) of clips,
+                which may differ in length and sampling layout but share `sampling_rate`.
+            sampling_rate (`int`):
+                Sampling rate of `raw_speech`; required so that audio is never silently read at the wrong rate. Clips
+                at other rates than `self.sampling_rate` are resampled (windowed sinc, as torchaudio).
+            return_tensors (`str` or [`~utils.TensorType`], *optional*):
+                `"pt"` for torch tensors, `"np"` or `None` for numpy arrays.
+            return_attention_mask (`bool`, *optional*):
+                Whether to return `attention_mask` of shape `(batch, num_frames)`: 1 on frames that contain at least
+                one sample of real (non-padding) audio. Defaults to `self.return_attention_mask`.
+
+        Returns:
+            [`BatchFeature`]: `input_features` (float32, `(batch, num_frames, num_mel_bins)`) and optionally
+            `attention_mask` (int64, `(batch, num_frames)`).
+        """
+        if kwargs:
+            logger.warning_once(
+                f"{self.__class__.__name__} ignores {sorted(kwargs)}: every clip is cut or padded to "
+                f"max_length_seconds={self.max_length_seconds}."
+            )
+        if sampling_rate is None or sampling_rate <= 0 or sampling_rate != int(sampling_rate):
+            raise ValueError(
+                f"`sampling_rate` must be the positive integer sampling rate of `raw_speech` in Hz, got {sampling_rate}."
+            )
+        clips = list(raw_speech) if isinstance(raw_speech, (list, tuple)) else [raw_speech]
+        if not clips:
+            raise ValueError("`raw_speech` is an empty list; pass at least one audio clip.")
+
+        prepared = [self._prepare_clip(clip, index, int(sampling_rate)) for index, clip in enumerate(clips)]
+        waveforms = torch.stack([waveform for waveform, _ in prepared])
+        features = (self._kaldi_fbank(waveforms) - self.mean) / (2 * self.std)
+        data = {"input_features": features.numpy()}
+
+        if return_attention_mask if return_attention_mask is not None else self.return_attention_mask:
+            frame_starts = np.arange(self.num_frames) * self.window_shift
+            num_real = np.array([n for _, n in prepared])
+            data["attention_mask"] = (frame_starts[None, :] < num_real[:, None]).astype(np.int64)
+
+        return BatchFeature(data, tensor_type=return_tensors)
+
+
+__all__ = ["NatureLMFeatureExtractor"]

@@ -1,0 +1,561 @@
+# Copyright 2026 The NatureLM-audio HF authors. Licensed under the MIT License.
+"""PyTorch NatureLM-audio: BEATs audio encoder, window-level Q-Former projector and a Llama language model.
+
+This file travels with checkpoints as remote code, so it imports only torch, transformers and its sibling files.
+"""
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+from transformers import AutoModel, Blip2QFormerModel, GenerationMixin, PreTrainedModel
+from transformers import initialization as init
+from transformers.activations import ACT2FN
+from transformers.cache_utils import Cache
+from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_outputs import BaseModelOutput, BaseModelOutputWithPast, BaseModelOutputWithPooling
+from transformers.modeling_utils import slice_logits_to_keep
+from transformers.utils import ModelOutput
+
+from .configuration_naturelm import NatureLMBeatsConfig, NatureLMConfig
+
+
+class _GradMultiply(torch.autograd.Function):
+    """Identity forward, scaled gradient backward: BEATs' layer-wise gradient decay."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, scale: float) -> torch.Tensor:
+        ctx.scale = scale
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        return grad * ctx.scale, None
+
+
+class NatureLMBeatsPositionalConvEmbedding(nn.Module):
+    """Weight-normalised grouped convolution over time, added to the input as a relative position signal."""
+
+    def __init__(self, config: NatureLMBeatsConfig):
+        super().__init__()
+        conv = nn.Conv1d(
+            config.encoder_embed_dim,
+            config.encoder_embed_dim,
+            kernel_size=config.conv_pos,
+            padding=config.conv_pos // 2,
+            groups=config.conv_pos_groups,
+        )
+        self.conv = nn.utils.parametrizations.weight_norm(conv, name="weight", dim=2)
+        # An even kernel with padding k // 2 yields one frame too many; the original drops the last one.
+        self.num_pad_remove = 1 if config.conv_pos % 2 == 0 else 0
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        hidden_states = self.conv(hidden_states.transpose(1, 2))
+        if self.num_pad_remove:
+            hidden_states = hidden_states[:, :, : -self.num_pad_remove]
+        return F.gelu(hidden_states).transpose(1, 2)
+
+
+class NatureLMBeatsRelativePositionBias(nn.Module):
+    """Bucketed relative position bias (T5-style, bidirectional), computed once and shared by every layer."""
+
+    def __init__(self, config: NatureLMBeatsConfig):
+        super().__init__()
+        self.num_buckets = config.num_buckets
+        self.max_distance = config.max_distance
+        self.relative_attention_bias = nn.Embedding(config.num_buckets, config.encoder_attention_heads)
+
+    def _bucket(self, relative_position: torch.Tensor) -> torch.Tensor:
+        half = self.num_buckets // 2
+        buckets = (relative_position > 0).long() * half
+        distance = relative_position.abs()
+        max_exact = half // 2
+        log_ratio = torch.log(distance.clamp(min=1).float() / max_exact) / math.log(self.max_distance / max_exact)
+        large = (max_exact + log_ratio * (half - max_exact)).long().clamp(max=half - 1)
+        return buckets + torch.where(distance < max_exact, distance, large)
+
+    def forward(self, length: int) -> torch.Tensor:
+        """Returns the bias of shape `(num_heads, length, length)`."""
+        positions = torch.arange(length, device=self.relative_attention_bias.weight.device)
+        buckets = self._bucket(positions[None, :] - positions[:, None])
+        return self.relative_attention_bias(buckets).permute(2, 0, 1)
+
+
+class NatureLMBeatsAttention(nn.Module):
+    """Self-attention with BEATs' query-gated relative position bias, run through SDPA as an additive mask."""
+
+    def __init__(self, config: NatureLMBeatsConfig):
+        super().__init__()
+        self.num_heads = config.encoder_attention_heads
+        self.head_dim = config.encoder_embed_dim // self.num_heads
+        self.dropout = config.attention_dropout
+        self.gru_rel_pos = config.gru_rel_pos
+        self.q_proj = nn.Linear(config.encoder_embed_dim, config.encoder_embed_dim)
+        self.k_proj = nn.Linear(config.encoder_embed_dim, config.encoder_embed_dim)
+        self.v_proj = nn.Linear(config.encoder_embed_dim, config.encoder_embed_dim)
+        self.out_proj = nn.Linear(config.encoder_embed_dim, config.encoder_embed_dim)
+        if self.gru_rel_pos:
+            self.grep_linear = nn.Linear(self.head_dim, 8)
+            self.grep_a = nn.Parameter(torch.ones(1, self.num_heads, 1, 1))
+
+    def forward(self, hidden_states: torch.Tensor, position_bias: torch.Tensor | None) -> torch.Tensor:
+        batch_size, length, _ = hidden_states.shape
+        shape = (batch_size, length, self.num_heads, self.head_dim)
+        query = self.q_proj(hidden_states).view(shape).transpose(1, 2)
+        key = self.k_proj(hidden_states).view(shape).transpose(1, 2)
+        value = self.v_proj(hidden_states).view(shape).transpose(1, 2)
+
+        attn_bias = None
+        if position_bias is not None:
+            attn_bias = position_bias.unsqueeze(0).to(query.dtype)
+            if self.gru_rel_pos:
+                gates = torch.sigmoid(self.grep_linear(query).view(batch_size, self.num_heads, length, 2, 4).sum(-1))
+                gate_a, gate_b = gates.chunk(2, dim=-1)
+                attn_bias = (gate_a * (gate_b * self.grep_a - 1.0) + 2.0) * attn_bias
+
+        attn_output = F.scaled_dot_product_attention(
+            query, key, value, attn_mask=attn_bias, dropout_p=self.dropout if self.training else 0.0
+        )
+        attn_output = attn_output.transpose(1, 2).reshape(batch_size, length, -1)
+        return self.out_proj(attn_output)
+
+
+class NatureLMBeatsEncoderLayer(GradientCheckpointingLayer):
+    """Transformer layer, post-LN with DeepNet residual scaling (or pre-LN when `layer_norm_first`)."""
+
+    def __init__(self, config: NatureLMBeatsConfig):
+        super().__init__()
+        self.layer_norm_first = config.layer_norm_first
+        self.residual_scale = (2 * config.encoder_layers) ** 0.25 if config.deep_norm else 1.0
+        self.self_attn = NatureLMBeatsAttention(config)
+        self.self_attn_layer_norm = nn.LayerNorm(config.encoder_embed_dim)
+        self.fc1 = nn.Linear(config.encoder_embed_dim, config.encoder_ffn_embed_dim)
+        self.fc2 = nn.Linear(config.encoder_ffn_embed_dim, config.encoder_embed_dim)
+        self.final_layer_norm = nn.LayerNorm(config.encoder_embed_dim)
+        self.activation_fn = ACT2FN[config.activation_fn]
+        self.dropout = nn.Dropout(config.dropout)
+        self.activation_dropout = nn.Dropout(config.activation_dropout)
+
+    def _feed_forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        hidden_states = self.activation_dropout(self.activation_fn(self.fc1(hidden_states)))
+        return self.dropout(self.fc2(hidden_states))
+
+    def forward(self, hidden_states: torch.Tensor, position_bias: torch.Tensor | None = None) -> torch.Tensor:
+        if self.layer_norm_first:
+            hidden_states = hidden_states + self.dropout(
+                self.self_attn(self.self_attn_layer_norm(hidden_states), position_bias)
+            )
+            return hidden_states + self._feed_forward(self.final_layer_norm(hidden_states))
+        attn_output = self.dropout(self.self_attn(hidden_states, position_bias))
+        hidden_states = self.self_attn_layer_norm(hidden_states * self.residual_scale + attn_output)
+        hidden_states = hidden_states * self.residual_scale + self._feed_forward(hidden_states)
+        return self.final_layer_norm(hidden_states)
+
+
+class NatureLMBeatsEncoder(nn.Module):
+    def __init__(self, config: NatureLMBeatsConfig):
+        super().__init__()
+        self.config = config
+        self.pos_conv = NatureLMBeatsPositionalConvEmbedding(config)
+        self.relative_position = (
+            NatureLMBeatsRelativePositionBias(config) if config.relative_position_embedding else None
+        )
+        self.layer_norm = nn.LayerNorm(config.encoder_embed_dim)
+        self.layers = nn.ModuleList([NatureLMBeatsEncoderLayer(config) for _ in range(config.encoder_layers)])
+        self.gradient_checkpointing = False
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        hidden_states = hidden_states + self.pos_conv(hidden_states)
+        if not self.config.layer_norm_first:
+            hidden_states = self.layer_norm(hidden_states)
+        hidden_states = F.dropout(hidden_states, p=self.config.dropout, training=self.training)
+        position_bias = self.relative_position(hidden_states.shape[1]) if self.relative_position is not None else None
+        decay = self.config.layer_wise_gradient_decay_ratio
+        for layer in self.layers:
+            if decay != 1.0 and self.training:
+                hidden_states = _GradMultiply.apply(hidden_states, decay)
+            if self.training and torch.rand([]) < self.config.encoder_layerdrop:
+                continue
+            hidden_states = layer(hidden_states, position_bias)
+        if self.config.layer_norm_first:
+            hidden_states = self.layer_norm(hidden_states)
+        return hidden_states
+
+
+@torch.no_grad()
+def _init_beats_module(module: nn.Module) -> None:
+    """BEATs parameters the generic initialisation does not cover."""
+    if isinstance(module, NatureLMBeatsPositionalConvEmbedding):
+        conv = module.conv
+        std = math.sqrt(4.0 / (conv.kernel_size[0] * conv.in_channels))
+        direction = conv.parametrizations.weight.original1
+        init.normal_(direction, mean=0.0, std=std)
+        init.copy_(conv.parametrizations.weight.original0, direction.norm(dim=(0, 1), keepdim=True))
+        init.zeros_(conv.bias)
+    elif isinstance(module, NatureLMBeatsAttention) and module.gru_rel_pos:
+        init.ones_(module.grep_a)
+
+
+class NatureLMBeatsPreTrainedModel(PreTrainedModel):
+    config: NatureLMBeatsConfig
+    config_class = NatureLMBeatsConfig
+    base_model_prefix = "beats"
+    main_input_name = "input_features"
+    input_modalities = ("audio",)
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["NatureLMBeatsEncoderLayer"]
+    _supports_sdpa = True
+
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module) -> None:
+        super()._init_weights(module)
+        _init_beats_module(module)
+
+
+class NatureLMBeatsModel(NatureLMBeatsPreTrainedModel):
+    """BEATs (Chen et al., 2022): 16x16 fbank patches -> transformer. Input is the normalised Kaldi fbank."""
+
+    def __init__(self, config: NatureLMBeatsConfig):
+        super().__init__(config)
+        self.patch_embedding = nn.Conv2d(
+            1, config.embed_dim, kernel_size=config.input_patch_size, stride=config.input_patch_size,
+            bias=config.conv_bias,
+        )
+        self.layer_norm = nn.LayerNorm(config.embed_dim)
+        self.post_extract_proj = (
+            nn.Linear(config.embed_dim, config.encoder_embed_dim)
+            if config.embed_dim != config.encoder_embed_dim
+            else None
+        )
+        self.dropout_input = nn.Dropout(config.dropout_input)
+        self.encoder = NatureLMBeatsEncoder(config)
+        self.post_init()
+
+    def forward(self, input_features: torch.Tensor, **kwargs) -> BaseModelOutput:
+        r"""
+        input_features (`torch.FloatTensor` of shape `(batch_size, num_frames, num_mel_bins)`):
+            Normalised log-mel fbank from [`NatureLMFeatureExtractor`].
+
+        Returns a [`BaseModelOutput`] whose `last_hidden_state` has shape
+        `(batch_size, (num_frames // patch) * (num_mel_bins // patch), hidden_size)`, patches in time-major order.
+        """
+        patches = self.patch_embedding(input_features.unsqueeze(1).to(self.patch_embedding.weight.dtype))
+        hidden_states = patches.flatten(2).transpose(1, 2)
+        hidden_states = self.layer_norm(hidden_states)
+        if self.post_extract_proj is not None:
+            hidden_states = self.post_extract_proj(hidden_states)
+        hidden_states = self.encoder(self.dropout_input(hidden_states))
+        return BaseModelOutput(last_hidden_state=hidden_states)
+
+
+class NatureLMWindowQFormerProjector(nn.Module):
+    """LayerNorm on BEATs tokens, then a Q-Former reads each window of tokens into `num_query_tokens` vectors,
+    linearly projected to the LLM width: 10 s of audio -> 29 LLM tokens with the released settings."""
+
+    def __init__(self, config: NatureLMConfig):
+        super().__init__()
+        self.window_tokens = config.window_tokens
+        self.window_stride_tokens = config.window_stride_tokens
+        self.layer_norm = nn.LayerNorm(config.audio_config.encoder_embed_dim)
+        self.query = nn.Parameter(torch.zeros(1, config.num_query_tokens, config.qformer_config.hidden_size))
+        self.qformer = Blip2QFormerModel(config.qformer_config)
+        self.linear = nn.Linear(config.qformer_config.hidden_size, config.text_config.hidden_size)
+
+    def forward(self, audio_hidden_states: torch.Tensor) -> torch.Tensor:
+        batch_size, _, width = audio_hidden_states.shape
+        hidden_states = self.layer_norm(audio_hidden_states)
+        # Sliding windows over time; a tail shorter than a window is dropped, as in the original's F.unfold.
+        windows = hidden_states.unfold(1, self.window_tokens, self.window_stride_tokens)
+        num_windows = windows.shape[1]
+        windows = windows.permute(0, 1, 3, 2).reshape(batch_size * num_windows, self.window_tokens, width)
+        query_output = self.qformer(
+            query_embeds=self.query.expand(windows.shape[0], -1, -1), encoder_hidden_states=windows
+        ).last_hidden_state
+        return self.linear(query_output.to(self.linear.weight.dtype)).reshape(batch_size, -1, self.linear.out_features)
+
+
+class NatureLMPreTrainedModel(PreTrainedModel):
+    config: NatureLMConfig
+    config_class = NatureLMConfig
+    base_model_prefix = "model"
+    input_modalities = ("audio", "text")
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["NatureLMBeatsEncoderLayer", "Blip2QFormerLayer", "LlamaDecoderLayer"]
+    _skip_keys_device_placement = "past_key_values"
+    _supports_sdpa = True
+    _supports_flash_attn = True
+    _supports_attention_backend = True
+
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module) -> None:
+        super()._init_weights(module)
+        _init_beats_module(module)
+        if isinstance(module, NatureLMWindowQFormerProjector):
+            init.normal_(module.query, mean=0.0, std=self.config.qformer_config.initializer_range)
+
+
+@dataclass
+class NatureLMModelOutputWithPast(BaseModelOutputWithPast):
+    r"""
+    audio_hidden_states (`torch.FloatTensor` of shape `(num_audio_tokens, hidden_size)`, *optional*):
+        The projected audio features spliced into the language model input.
+    """
+
+    audio_hidden_states: torch.FloatTensor | None = None
+
+
+@dataclass
+class NatureLMCausalLMOutputWithPast(ModelOutput):
+    r"""
+    loss (`torch.FloatTensor` of shape `(1,)`, *optional*): mean next-token loss over the labelled tokens.
+    logits (`torch.FloatTensor` of shape `(batch_size, sequence_length, vocab_size)`): language model scores.
+    audio_hidden_states (`torch.FloatTensor` of shape `(num_audio_tokens, hidden_size)`, *optional*):
+        The projected audio features spliced into the language model input.
+    """
+
+    loss: torch.FloatTensor | None = None
+    logits: torch.FloatTensor | None = None
+    past_key_values: Cache | None = None
+    hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    attentions: tuple[torch.FloatTensor, ...] | None = None
+    audio_hidden_states: torch.FloatTensor | None = None
+
+
+class NatureLMModel(NatureLMPreTrainedModel):
+    """The towers and the language model backbone (no LM head)."""
+
+    def __init__(self, config: NatureLMConfig):
+        super().__init__(config)
+        self.audio_tower = NatureLMBeatsModel(config.audio_config)
+        self.audio_projector = NatureLMWindowQFormerProjector(config)
+        self.language_model = AutoModel.from_config(config.text_config)
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.language_model.get_input_embeddings()
+
+    def set_input_embeddings(self, value: nn.Module) -> None:
+        self.language_model.set_input_embeddings(value)
+
+    def get_audio_features(self, input_features: torch.FloatTensor, **kwargs) -> BaseModelOutputWithPooling:
+        r"""
+        input_features (`torch.FloatTensor` of shape `(num_clips, num_frames, num_mel_bins)`):
+            Normalised fbank of fixed-length clips from [`NatureLMFeatureExtractor`].
+
+        Returns a [`BaseModelOutputWithPooling`]: `last_hidden_state` holds the BEATs features and
+        `pooler_output` the LLM-space audio embeddings of shape `(num_clips, num_audio_tokens, text_hidden_size)`.
+        Every position is valid: clips are padded to the window, as the original was trained.
+        """
+        audio_hidden_states = self.audio_tower(input_features).last_hidden_state
+        audio_embeds = self.audio_projector(audio_hidden_states)
+        return BaseModelOutputWithPooling(last_hidden_state=audio_hidden_states, pooler_output=audio_embeds)
+
+    def get_placeholder_mask(self, input_ids: torch.LongTensor, audio_embeds: torch.Tensor) -> torch.Tensor:
+        """Checks, row by row, that every clip has exactly its number of placeholders, then returns their mask."""
+        mask = input_ids == self.config.audio_token_id
+        num_clips, tokens_per_clip = audio_embeds.shape[:2]
+        per_row = mask.sum(-1).tolist()
+        for row, count in enumerate(per_row):
+            if count % tokens_per_clip:
+                raise ValueError(
+                    f"Row {row} has {count} audio placeholder tokens, not a multiple of the {tokens_per_clip} "
+                    "tokens one clip produces; build inputs with NatureLMProcessor."
+                )
+        if sum(per_row) != num_clips * tokens_per_clip:
+            raise ValueError(
+                f"The text has {sum(per_row)} audio placeholder tokens ({sum(per_row) // tokens_per_clip} clips) but "
+                f"{num_clips} clips were given ({num_clips * tokens_per_clip} audio features)."
+            )
+        return mask
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        input_features: torch.FloatTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        past_key_values: Cache | None = None,
+        inputs_embeds: torch.FloatTensor | None = None,
+        use_cache: bool | None = None,
+        **kwargs,
+    ) -> NatureLMModelOutputWithPast:
+        r"""
+        input_ids (`torch.LongTensor` of shape `(batch_size, sequence_length)`):
+            Token ids with `config.audio_token_id` placeholders where the audio features go.
+        input_features (`torch.FloatTensor` of shape `(num_clips, num_frames, num_mel_bins)`, *optional*):
+            Fbank features of the clips, in the order their placeholders appear.
+        """
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("Pass exactly one of `input_ids` or `inputs_embeds`.")
+        if inputs_embeds is None:
+            inputs_embeds = self.get_input_embeddings()(input_ids)
+
+        audio_embeds = None
+        if input_features is not None:
+            if input_ids is None:
+                raise ValueError("`input_features` need `input_ids` to locate the audio placeholder tokens.")
+            audio_embeds = self.get_audio_features(input_features).pooler_output
+            mask = self.get_placeholder_mask(input_ids, audio_embeds)
+            audio_embeds = audio_embeds.reshape(-1, audio_embeds.shape[-1]).to(inputs_embeds.device, inputs_embeds.dtype)
+            inputs_embeds = inputs_embeds.masked_scatter(mask.unsqueeze(-1).to(inputs_embeds.device), audio_embeds)
+
+        outputs = self.language_model(
+            inputs_embeds=inputs_embeds,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            past_key_values=past_key_values,
+            use_cache=use_cache,
+            **kwargs,
+        )
+        return NatureLMModelOutputWithPast(
+            last_hidden_state=outputs.last_hidden_state,
+            past_key_values=outputs.past_key_values,
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+            audio_hidden_states=audio_embeds,
+        )
+
+
+class NatureLMForConditionalGeneration(NatureLMPreTrainedModel, GenerationMixin):
+    """NatureLM-audio: answers questions about bioacoustic audio. The LoRA adapter is a peft adapter loaded through
+    transformers' PEFT integration; `set_merging_alpha` rescales it at run time like the original
+    `model_merging_scaling`, `merge_adapter_into_weights` folds it in permanently."""
+
+    _tied_weights_keys = None
+
+    def __init__(self, config: NatureLMConfig):
+        super().__init__(config)
+        self.model = NatureLMModel(config)
+        self.lm_head = nn.Linear(config.text_config.hidden_size, config.text_config.vocab_size, bias=False)
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.model.get_input_embeddings()
+
+    def set_input_embeddings(self, value: nn.Module) -> None:
+        self.model.set_input_embeddings(value)
+
+    def get_output_embeddings(self) -> nn.Module:
+        return self.lm_head
+
+    def set_output_embeddings(self, new_embeddings: nn.Module) -> None:
+        self.lm_head = new_embeddings
+
+    def get_audio_features(self, input_features: torch.FloatTensor, **kwargs) -> BaseModelOutputWithPooling:
+        return self.model.get_audio_features(input_features, **kwargs)
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        input_features: torch.FloatTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        past_key_values: Cache | None = None,
+        inputs_embeds: torch.FloatTensor | None = None,
+        labels: torch.LongTensor | None = None,
+        use_cache: bool | None = None,
+        logits_to_keep: int | torch.Tensor = 0,
+        **kwargs,
+    ) -> NatureLMCausalLMOutputWithPast:
+        r"""
+        labels (`torch.LongTensor` of shape `(batch_size, sequence_length)`, *optional*):
+            Target ids, -100 where no loss is taken (prompt, audio, padding); shifted inside the loss.
+        """
+        outputs = self.model(
+            input_ids=input_ids,
+            input_features=input_features,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            past_key_values=past_key_values,
+            inputs_embeds=inputs_embeds,
+            use_cache=use_cache,
+            **kwargs,
+        )
+        logits = self.lm_head(slice_logits_to_keep(outputs.last_hidden_state, logits_to_keep))
+        loss = None
+        if labels is not None:
+            loss = self.loss_function(
+                logits=logits, labels=labels, vocab_size=self.config.text_config.vocab_size, **kwargs
+            )
+        return NatureLMCausalLMOutputWithPast(
+            loss=loss,
+            logits=logits,
+            past_key_values=outputs.past_key_values,
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+            audio_hidden_states=outputs.audio_hidden_states,
+        )
+
+    def generate(self, *args, **kwargs) -> torch.LongTensor:
+        features, input_ids = kwargs.get("input_features"), kwargs.get("input_ids", args[0] if args else None)
+        config = kwargs.get("generation_config", self.generation_config)
+        expands = max(kwargs.get("num_beams", config.num_beams) or 1, kwargs.get("num_return_sequences", 1) or 1) > 1
+        if expands and features is not None and input_ids is not None and features.shape[0] != input_ids.shape[0]:
+            raise ValueError(
+                "Beam search or several return sequences need exactly one clip per prompt "
+                f"(got {features.shape[0]} clips for {input_ids.shape[0]} prompts)."
+            )
+        return super().generate(*args, **kwargs)
+
+    # LoRA adapter -------------------------------------------------------------------------------------------------
+
+    def _lora_layers(self) -> list[nn.Module]:
+        return [module for module in self.modules() if hasattr(module, "set_scale") and hasattr(module, "lora_A")]
+
+    def set_merging_alpha(self, alpha: float) -> None:
+        """Scale every active LoRA update to W0 + alpha * (lora_alpha / r) * BA; alpha = 1 restores the adapter."""
+        layers = self._lora_layers()
+        if not layers:
+            raise ValueError("This model has no LoRA adapter loaded, so there is nothing to scale.")
+        for layer in layers:
+            for adapter in layer.active_adapters:
+                layer.set_scale(adapter, alpha)
+        self.config.merging_alpha = float(alpha)
+
+    def load_adapter(self, *args, **kwargs):
+        """Loads a peft adapter (transformers' integration) and applies `config.merging_alpha` to it."""
+        result = super().load_adapter(*args, **kwargs)
+        if self.config.merging_alpha != 1.0:
+            self.set_merging_alpha(self.config.merging_alpha)
+        return result
+
+    def merge_adapter_into_weights(self) -> None:
+        """Folds the LoRA update (at the current merging alpha) into the base weights and removes the adapter, so the
+        model saves and runs as a plain model without peft."""
+        layers = self._lora_layers()
+        if not layers:
+            raise ValueError("This model has no LoRA adapter loaded, so there is nothing to merge.")
+        names = {module: name for name, module in self.named_modules()}
+        for layer in layers:
+            layer.merge()
+            parent_name, _, child = names[layer].rpartition(".")
+            setattr(self.get_submodule(parent_name), child, layer.get_base_layer())
+        self.peft_config = {}
+        self._hf_peft_config_loaded = False
+        self.config.merging_alpha = 1.0
+
+    def save_pretrained(self, save_directory, *args, **kwargs) -> None:
+        """Saves the base weights and, when an adapter is loaded, the peft adapter beside them (like Granite Speech),
+        so `from_pretrained` on the folder restores both."""
+        if getattr(self, "_hf_peft_config_loaded", False):
+            for adapter_config in self.peft_config.values():
+                adapter_config.base_model_name_or_path = str(save_directory)
+            super().save_pretrained(save_directory, *args, **kwargs)
+            self._hf_peft_config_loaded = False
+            try:
+                super().save_pretrained(save_directory, *args, **kwargs)
+            finally:
+                self._hf_peft_config_loaded = True
+        else:
+            super().save_pretrained(save_directory, *args, **kwargs)
+
+
+__all__ = [
+    "NatureLMBeatsModel",
+    "NatureLMBeatsPreTrainedModel",
+    "NatureLMForConditionalGeneration",
+    "NatureLMModel",
+    "NatureLMPreTrainedModel",
+]
