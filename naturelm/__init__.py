@@ -1,0 +1,29 @@
+"""NatureLM-audio, Hugging Face-native."""
+
+from .configuration_naturelm import NatureLMBeatsConfig, NatureLMConfig
+from .feature_extraction_naturelm import NatureLMFeatureExtractor
+from .modeling_naturelm import (
+    NatureLMBeatsModel,
+    NatureLMForConditionalGeneration,
+    NatureLMModel,
+    NatureLMPreTrainedModel,
+)
+from .processing_naturelm import NatureLMProcessor
+
+# `save_pretrained` then writes these files and an `auto_map`, so a saved folder loads with the Auto classes and
+# `trust_remote_code=True` where this package is not installed.
+NatureLMConfig.register_for_auto_class()
+NatureLMForConditionalGeneration.register_for_auto_class("AutoModel")
+NatureLMFeatureExtractor.register_for_auto_class("AutoFeatureExtractor")
+NatureLMProcessor.register_for_auto_class("AutoProcessor")
+
+__all__ = [
+    "NatureLMBeatsConfig",
+    "NatureLMBeatsModel",
+    "NatureLMConfig",
+    "NatureLMFeatureExtractor",
+    "NatureLMForConditionalGeneration",
+    "NatureLMModel",
+    "NatureLMPreTrainedModel",
+    "NatureLMProcessor",
+]

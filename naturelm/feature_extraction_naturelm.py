@@ -9,6 +9,7 @@ transformers and the standard library.
 """
 
 import math
+import warnings
 from functools import lru_cache
 
 import numpy as np
@@ -46,7 +47,7 @@ def _sinc_resample_kernel(orig_freq: int, new_freq: int) -> tuple[torch.Tensor, 
     low-pass at `rolloff * min(orig_freq, new_freq) / 2`, cut off after `RESAMPLE_ZERO_CROSSINGS` zero crossings.
 
     Returns:
-        `tuple[torch.Tensor, int]`: the float32 kernel of shape `(new_freq, 1, orig_freq + 2 * width)` and `width`.
+        `tuple[torch.Tensor, int]`: the float64 kernel of shape `(new_freq, 1, orig_freq + 2 * width)` and `width`.
     """
     cutoff = RESAMPLE_ROLLOFF * min(orig_freq, new_freq)  # in cycles per `gcd` samples
     width = math.ceil(RESAMPLE_ZERO_CROSSINGS * orig_freq / cutoff)
@@ -55,35 +56,41 @@ def _sinc_resample_kernel(orig_freq: int, new_freq: int) -> tuple[torch.Tensor, 
     x = (cutoff * (taps[None, :] - phases)).clamp(-RESAMPLE_ZERO_CROSSINGS, RESAMPLE_ZERO_CROSSINGS)
     window = torch.cos(x * math.pi / (2 * RESAMPLE_ZERO_CROSSINGS)) ** 2
     kernel = torch.special.sinc(x) * window * (cutoff / orig_freq)
-    return kernel[:, None, :].to(torch.float32), width
+    return kernel[:, None, :], width
 
 
-def resample(waveform: torch.Tensor, orig_freq: int, new_freq: int) -> torch.Tensor:
+def resample(waveform: torch.Tensor, orig_freq: int, new_freq: int, max_length: int | None = None) -> torch.Tensor:
     """
     Band-limited (windowed-sinc) resampling of the last axis, the same interpolation as
     `torchaudio.functional.resample`'s defaults, so that this file does not need torchaudio.
 
     Args:
         waveform (`torch.Tensor` of shape `(..., time)`):
-            Float32 audio.
+            Float audio; the result has the same dtype.
         orig_freq (`int`):
             Sampling rate of `waveform`.
         new_freq (`int`):
             Wanted sampling rate.
+        max_length (`int`, *optional*):
+            Keep only the first `max_length` output samples; input that cannot reach them is not processed.
 
     Returns:
-        `torch.Tensor` of shape `(..., ceil(time * new_freq / orig_freq))`.
+        `torch.Tensor` of shape `(..., min(ceil(time * new_freq / orig_freq), max_length))`.
     """
     if orig_freq == new_freq:
-        return waveform
+        return waveform[..., :max_length]
     gcd = math.gcd(orig_freq, new_freq)
     orig_freq, new_freq = orig_freq // gcd, new_freq // gcd
     kernel, width = _sinc_resample_kernel(orig_freq, new_freq)
+    out_length = -(-waveform.shape[-1] * new_freq // orig_freq)
+    if max_length is not None and max_length < out_length:
+        out_length = max_length
+        # output j * new_freq + p reads inputs up to (j + 1) * orig_freq + width - 1
+        waveform = waveform[..., : ((max_length - 1) // new_freq + 1) * orig_freq + width]
     shape, length = waveform.shape[:-1], waveform.shape[-1]
     padded = torch.nn.functional.pad(waveform.reshape(-1, 1, length), (width, width + orig_freq))
-    out = torch.nn.functional.conv1d(padded, kernel, stride=orig_freq)  # (batch, phase, block)
-    out = out.transpose(1, 2).reshape(*shape, -1)
-    return out[..., : -(-length * new_freq // orig_freq)]
+    out = torch.nn.functional.conv1d(padded, kernel.to(waveform.dtype), stride=orig_freq)  # (batch, phase, block)
+    return out.transpose(1, 2).reshape(*shape, -1)[..., :out_length]
 
 
 class NatureLMFeatureExtractor(SequenceFeatureExtractor):
@@ -148,16 +155,13 @@ class NatureLMFeatureExtractor(SequenceFeatureExtractor):
         self.mean = mean
         self.std = std
 
-        # Kaldi rounds the frame sizes down to whole samples and the FFT size up to a power of two.
-        self.window_size = int(sampling_rate * frame_length * 0.001)
-        self.window_shift = int(sampling_rate * frame_shift * 0.001)
-        self.n_fft = 1 << (self.window_size - 1).bit_length()
         # `to_dict` leaves out the attributes named `window` and `mel_filters`, so they stay out of the JSON config.
         # The Povey window is built in fp32 like Kaldi/torchaudio: its last-bit rounding visibly moves the log energy
         # of near-silent bins, so a float64 window cast to fp32 would not reproduce the original features.
         self.window = torch.hann_window(self.window_size, periodic=False, dtype=torch.float32).pow(0.85)
-        self.mel_filters = torch.from_numpy(
-            mel_filter_bank(
+        with warnings.catch_warnings():  # Kaldi's bank has empty low filters at this FFT size; the original does too
+            warnings.filterwarnings("ignore", message="At least one mel filter has all zero values")
+            mel_filters = mel_filter_bank(
                 num_frequency_bins=self.n_fft // 2 + 1,
                 num_mel_filters=num_mel_bins,
                 min_frequency=KALDI_LOW_FREQUENCY,
@@ -167,7 +171,23 @@ class NatureLMFeatureExtractor(SequenceFeatureExtractor):
                 mel_scale="kaldi",
                 triangularize_in_mel_space=True,
             )
-        ).float()
+        self.mel_filters = torch.from_numpy(mel_filters).float()
+
+    # Kaldi rounds the frame sizes down to whole samples and the FFT size up to a power of two.
+    @property
+    def window_size(self) -> int:
+        """Frame length in samples."""
+        return int(self.sampling_rate * self.frame_length * 0.001)
+
+    @property
+    def window_shift(self) -> int:
+        """Frame shift in samples."""
+        return int(self.sampling_rate * self.frame_shift * 0.001)
+
+    @property
+    def n_fft(self) -> int:
+        """FFT size: the frame length rounded up to a power of two."""
+        return 1 << (self.window_size - 1).bit_length()
 
     @property
     def num_samples(self) -> int:
@@ -228,13 +248,14 @@ class NatureLMFeatureExtractor(SequenceFeatureExtractor):
             )
         if waveform.numel() == 0:
             raise ValueError(f"Clip {index} is empty (shape {tuple(waveform.shape)}).")
-        waveform = waveform.float()
         if not torch.isfinite(waveform).all():
             raise ValueError(f"Clip {index} contains NaN or infinite samples.")
 
+        # Mixing and resampling run in float64 so that the float32 result carries no extra rounding noise.
+        waveform = waveform.double()
         if waveform.ndim == 2:  # the shorter axis is taken to be the channels
             waveform = waveform.mean(dim=0 if waveform.shape[0] <= waveform.shape[1] else 1)
-        waveform = resample(waveform, sampling_rate, self.sampling_rate)[: self.num_samples]
+        waveform = resample(waveform, sampling_rate, self.sampling_rate, max_length=self.num_samples).float()
         num_real = waveform.shape[0]
         waveform = torch.nn.functional.pad(waveform, (0, self.num_samples - num_real), value=self.padding_value)
         return waveform.clamp(-1.0, 1.0), num_real

@@ -537,19 +537,22 @@ class NatureLMForConditionalGeneration(NatureLMPreTrainedModel, GenerationMixin)
         self.config.merging_alpha = 1.0
 
     def save_pretrained(self, save_directory, *args, **kwargs) -> None:
-        """Saves the base weights and, when an adapter is loaded, the peft adapter beside them (like Granite Speech),
-        so `from_pretrained` on the folder restores both."""
-        if getattr(self, "_hf_peft_config_loaded", False):
-            for adapter_config in self.peft_config.values():
-                adapter_config.base_model_name_or_path = str(save_directory)
+        """With an adapter loaded, saves the peft adapter and, beside it, the base weights under their plain names
+        (like Granite Speech), so `from_pretrained` on the folder restores both."""
+        if not getattr(self, "_hf_peft_config_loaded", False):
             super().save_pretrained(save_directory, *args, **kwargs)
-            self._hf_peft_config_loaded = False
-            try:
-                super().save_pretrained(save_directory, *args, **kwargs)
-            finally:
-                self._hf_peft_config_loaded = True
-        else:
-            super().save_pretrained(save_directory, *args, **kwargs)
+            return
+        for adapter_config in self.peft_config.values():
+            adapter_config.base_model_name_or_path = str(save_directory)
+        super().save_pretrained(save_directory, *args, **kwargs)
+        base_weights = {
+            key.replace(".base_layer.", "."): value for key, value in self.state_dict().items() if ".lora_" not in key
+        }
+        self._hf_peft_config_loaded = False
+        try:
+            super().save_pretrained(save_directory, *args, state_dict=base_weights, **kwargs)
+        finally:
+            self._hf_peft_config_loaded = True
 
 
 __all__ = [

@@ -1,0 +1,97 @@
+"""Tiny random NatureLM models with the real Llama 3 tokenizer, for tests and the smoke mode (no download needed)."""
+
+from importlib import resources
+from pathlib import Path
+
+import torch
+from transformers import AutoTokenizer, PreTrainedTokenizerFast
+from transformers.convert_slow_tokenizer import TikTokenConverter
+
+from .configuration_naturelm import NatureLMConfig
+from .convert import PAD_TOKEN, lora_config_for
+from .feature_extraction_naturelm import NatureLMFeatureExtractor
+from .modeling_naturelm import NatureLMForConditionalGeneration
+from .processing_naturelm import NatureLMProcessor
+
+# Llama 3's pre-tokenisation pattern and its 256 special tokens (ids 128000-128255), as in Meta's reference tokenizer.
+_LLAMA3_PATTERN = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+_NAMED_SPECIAL = {
+    0: "<|begin_of_text|>",
+    1: "<|end_of_text|>",
+    4: "<|finetune_right_pad_id|>",
+    6: "<|start_header_id|>",
+    7: "<|end_header_id|>",
+    8: "<|eom_id|>",
+    9: "<|eot_id|>",
+    10: "<|python_tag|>",
+}
+
+
+def _llama3_special_tokens() -> list[str]:
+    tokens, reserved = [], 0
+    for offset in range(256):
+        if offset in _NAMED_SPECIAL:
+            tokens.append(_NAMED_SPECIAL[offset])
+        else:
+            tokens.append(f"<|reserved_special_token_{reserved}|>")
+            reserved += 1
+    return tokens
+
+
+def llama3_tokenizer(tokenizer_dir: str | Path | None = None) -> PreTrainedTokenizerFast:
+    """The Llama 3.1 tokenizer plus NatureLM's `[PAD]` (id 128256): from a folder, or built from the BPE file that
+    the `llama-models` package ships."""
+    if tokenizer_dir is not None:
+        tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    else:
+        bpe_file = resources.files("llama_models") / "llama3" / "tokenizer.model"
+        converter = TikTokenConverter(vocab_file=str(bpe_file), pattern=_LLAMA3_PATTERN)
+        tokenizer = PreTrainedTokenizerFast(tokenizer_object=converter.converted())
+        # Appended in order after the 128000 BPE tokens, they get exactly the Llama 3.1 ids.
+        tokenizer.add_special_tokens({"additional_special_tokens": _llama3_special_tokens()})
+        tokenizer.bos_token, tokenizer.eos_token = "<|begin_of_text|>", "<|eot_id|>"
+    tokenizer.add_special_tokens({"pad_token": PAD_TOKEN})
+    return tokenizer
+
+
+def tiny_config(**overrides) -> NatureLMConfig:
+    """A few-MB NatureLM with the released structure (Llama 3.1 vocabulary and RoPE, 17-token windows)."""
+    config = dict(
+        audio_config=dict(
+            embed_dim=32, encoder_layers=2, encoder_embed_dim=32, encoder_ffn_embed_dim=64, encoder_attention_heads=4,
+            conv_pos=16, conv_pos_groups=4,
+        ),
+        qformer_config=dict(hidden_size=32, num_attention_heads=4, intermediate_size=64, encoder_hidden_size=32),
+        text_config=dict(
+            hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2
+        ),
+        lora_rank=8,
+        lora_alpha=16.0,
+    )
+    config.update(overrides)
+    return NatureLMConfig(**config)
+
+
+def tiny_model_and_processor(
+    tokenizer_dir: str | Path | None = None, seed: int = 0, **overrides
+) -> tuple[NatureLMForConditionalGeneration, NatureLMProcessor]:
+    """Random tiny model (LoRA adapter attached, with non-zero B so it matters) and its processor."""
+    torch.manual_seed(seed)
+    config = tiny_config(**overrides)
+    model = NatureLMForConditionalGeneration(config)
+    if config.lora_rank > 0:
+        model.add_adapter(lora_config_for(config))
+        with torch.no_grad():
+            for name, param in model.named_parameters():
+                if "lora_B" in name:
+                    param.normal_(std=0.02)
+    tokenizer = llama3_tokenizer(tokenizer_dir)
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config.eos_token_id = [128001, 128008, 128009]
+    processor = NatureLMProcessor(
+        NatureLMFeatureExtractor(), tokenizer, window_tokens=config.window_tokens,
+        num_query_tokens=config.num_query_tokens,
+    )
+    return model.eval(), processor

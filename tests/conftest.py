@@ -1,0 +1,44 @@
+"""Shared fixtures. Directories come from env vars so the same tests run on another fixture of the same format; a
+missing directory fails the run (CI must never skip the parity tests)."""
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+
+
+def _shared_dir(env: str, default: Path) -> Path:
+    path = Path(os.environ.get(env, default))
+    if not path.is_dir():
+        pytest.fail(f"Fixture directory {path} is missing (set {env}); these tests must not be skipped.")
+    return path
+
+
+@pytest.fixture(scope="session")
+def parity_dir() -> Path:
+    return _shared_dir("NATURELM_PARITY_DIR", SHARED / "parity")
+
+
+@pytest.fixture(scope="session")
+def audio_dir() -> Path:
+    return _shared_dir("NATURELM_AUDIO_DIR", SHARED / "audio")
+
+
+@pytest.fixture(scope="session")
+def reference(parity_dir) -> dict[str, torch.Tensor]:
+    return load_file(parity_dir / "reference_outputs.safetensors")
+
+
+@pytest.fixture(scope="session")
+def reference_io(parity_dir) -> dict:
+    return json.loads((parity_dir / "reference_io.json").read_text())
+
+
+@pytest.fixture(scope="session")
+def tokenizer_dir(parity_dir) -> Path:
+    return parity_dir / "base_llama"
