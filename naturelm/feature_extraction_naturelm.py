@@ -33,7 +33,8 @@ KALDI_LOG_FLOOR = torch.finfo(torch.float32).eps
 RESAMPLE_ZERO_CROSSINGS = 6
 RESAMPLE_ROLLOFF = 0.99
 
-_FLOAT_DTYPES = {torch.float16, torch.bfloat16, torch.float32, torch.float64}
+_TENSOR_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+_ARRAY_DTYPES = (np.float16, np.float32, np.float64)
 
 
 @lru_cache(maxsize=16)
@@ -44,12 +45,13 @@ def _sinc_resample_kernel(orig_freq: int, new_freq: int) -> tuple[torch.Tensor, 
     Output sample `n` lies at input position `n * orig_freq / new_freq`. Writing `n = j * new_freq + p`, phase `p`
     reads the inputs `j * orig_freq - width ... j * orig_freq + orig_freq + width - 1`, so one `conv1d` with stride
     `orig_freq` and `new_freq` output channels computes every phase at once. Each tap is a Hann-windowed sinc
-    low-pass at `rolloff * min(orig_freq, new_freq) / 2`, cut off after `RESAMPLE_ZERO_CROSSINGS` zero crossings.
+    low-pass at `RESAMPLE_ROLLOFF` times the lower of the two Nyquist frequencies, cut off after
+    `RESAMPLE_ZERO_CROSSINGS` zero crossings.
 
     Returns:
         `tuple[torch.Tensor, int]`: the float64 kernel of shape `(new_freq, 1, orig_freq + 2 * width)` and `width`.
     """
-    cutoff = RESAMPLE_ROLLOFF * min(orig_freq, new_freq)  # in cycles per `gcd` samples
+    cutoff = RESAMPLE_ROLLOFF * min(orig_freq, new_freq)  # in units where the reduced rates are orig/new_freq
     width = math.ceil(RESAMPLE_ZERO_CROSSINGS * orig_freq / cutoff)
     taps = torch.arange(-width, orig_freq + width, dtype=torch.float64) / orig_freq
     phases = torch.arange(new_freq, dtype=torch.float64)[:, None] / new_freq
@@ -154,6 +156,10 @@ class NatureLMFeatureExtractor(SequenceFeatureExtractor):
         self.max_length_seconds = max_length_seconds
         self.mean = mean
         self.std = std
+        if self.num_frames < 1:
+            raise ValueError(
+                f"max_length_seconds={max_length_seconds} is shorter than one {frame_length} ms frame."
+            )
 
         # `to_dict` leaves out the attributes named `window` and `mel_filters`, so they stay out of the JSON config.
         # The Povey window is built in fp32 like Kaldi/torchaudio: its last-bit rounding visibly moves the log energy
@@ -224,30 +230,25 @@ class NatureLMFeatureExtractor(SequenceFeatureExtractor):
         num_patches = (self.num_frames // patch_size) * (self.num_mel_bins // patch_size)
         return (num_patches // window_tokens) * num_query_tokens
 
-    def _prepare_clip(self, clip: np.ndarray | torch.Tensor, index: int, sampling_rate: int) -> tuple[torch.Tensor, int]:
+    def _prepare_clip(
+        self, clip: np.ndarray | torch.Tensor, index: int, sampling_rate: int
+    ) -> tuple[torch.Tensor, int]:
         """Validates one clip and returns it as fixed-length 16 kHz mono float32 with its number of real samples."""
-        if isinstance(clip, torch.Tensor):
-            if clip.dtype not in _FLOAT_DTYPES:
-                raise ValueError(
-                    f"Clip {index} has dtype {clip.dtype}; float audio in [-1, 1] is expected (float16, bfloat16, "
-                    "float32 or float64). Convert integer PCM by dividing by its full scale, e.g. 32768 for int16."
-                )
-            waveform = clip.detach().cpu()
-        else:
-            array = np.asarray(clip)
-            if array.dtype not in (np.float16, np.float32, np.float64):
-                raise ValueError(
-                    f"Clip {index} has dtype {array.dtype}; float audio in [-1, 1] is expected (float16, float32 or "
-                    "float64). Convert integer PCM by dividing by its full scale, e.g. 32768 for int16."
-                )
-            waveform = torch.from_numpy(np.ascontiguousarray(array))
-        if waveform.ndim not in (1, 2):
+        is_tensor = isinstance(clip, torch.Tensor)
+        clip = clip if is_tensor else np.asarray(clip)
+        if clip.dtype not in (_TENSOR_DTYPES if is_tensor else _ARRAY_DTYPES):
             raise ValueError(
-                f"Clip {index} has {waveform.ndim} dimensions (shape {tuple(waveform.shape)}); expected 1-D (time,) "
-                "or 2-D (channels, time) / (time, channels). Pass a batch as a list of clips."
+                f"Clip {index} has dtype {clip.dtype}; float audio in [-1, 1] is expected (float16, float32, float64 "
+                "or a bfloat16 tensor). Convert integer PCM by dividing by its full scale, e.g. 32768 for int16."
             )
-        if waveform.numel() == 0:
-            raise ValueError(f"Clip {index} is empty (shape {tuple(waveform.shape)}).")
+        if clip.ndim not in (1, 2):
+            raise ValueError(
+                f"Clip {index} has {clip.ndim} dimensions (shape {tuple(clip.shape)}); expected 1-D (time,) or 2-D "
+                "(channels, time) / (time, channels). Pass a batch as a list of clips."
+            )
+        if math.prod(clip.shape) == 0:
+            raise ValueError(f"Clip {index} is empty (shape {tuple(clip.shape)}).")
+        waveform = clip.detach().cpu() if is_tensor else torch.from_numpy(np.ascontiguousarray(clip))
         if not torch.isfinite(waveform).all():
             raise ValueError(f"Clip {index} contains NaN or infinite samples.")
 
@@ -288,7 +289,7 @@ class NatureLMFeatureExtractor(SequenceFeatureExtractor):
                 Float audio in [-1, 1]. A 1-D clip is mono `(time,)`. A 2-D clip is multi-channel and averaged to
                 mono; its shorter axis is taken to be the channels, i.e. it is `(channels, time)` if
                 `shape[0] <= shape[1]` and `(time, channels)` otherwise. A batch must be a list (or tuple) of clips,
-                which may differ in length and sampling layout but share `sampling_rate`.
+                which may differ in length and channel layout but share `sampling_rate`.
             sampling_rate (`int`):
                 Sampling rate of `raw_speech`; required so that audio is never silently read at the wrong rate. Clips
                 at other rates than `self.sampling_rate` are resampled (windowed sinc, as torchaudio).
@@ -309,7 +310,8 @@ class NatureLMFeatureExtractor(SequenceFeatureExtractor):
             )
         if sampling_rate is None or sampling_rate <= 0 or sampling_rate != int(sampling_rate):
             raise ValueError(
-                f"`sampling_rate` must be the positive integer sampling rate of `raw_speech` in Hz, got {sampling_rate}."
+                f"`sampling_rate` must be the positive integer sampling rate of `raw_speech` in Hz, got "
+                f"{sampling_rate}."
             )
         clips = list(raw_speech) if isinstance(raw_speech, (list, tuple)) else [raw_speech]
         if not clips:

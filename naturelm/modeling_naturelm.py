@@ -542,9 +542,6 @@ class NatureLMForConditionalGeneration(NatureLMPreTrainedModel, GenerationMixin)
         if not getattr(self, "_hf_peft_config_loaded", False):
             super().save_pretrained(save_directory, *args, **kwargs)
             return
-        for adapter_config in self.peft_config.values():
-            adapter_config.base_model_name_or_path = str(save_directory)
-        super().save_pretrained(save_directory, *args, **kwargs)
         base_weights = {
             key.replace(".base_layer.", "."): value for key, value in self.state_dict().items() if ".lora_" not in key
         }
@@ -553,6 +550,9 @@ class NatureLMForConditionalGeneration(NatureLMPreTrainedModel, GenerationMixin)
             super().save_pretrained(save_directory, *args, state_dict=base_weights, **kwargs)
         finally:
             self._hf_peft_config_loaded = True
+        for adapter_config in self.peft_config.values():
+            adapter_config.base_model_name_or_path = str(save_directory)
+        super().save_pretrained(save_directory, *args, **kwargs)
 
 
 __all__ = [

@@ -42,3 +42,10 @@ def reference_io(parity_dir) -> dict:
 @pytest.fixture(scope="session")
 def tokenizer_dir(parity_dir) -> Path:
     return parity_dir / "base_llama"
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """Under CI a skipped test is a failure: the parity checks must really run."""
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    if os.environ.get("CI") and reporter is not None and reporter.stats.get("skipped"):
+        session.exitstatus = 1

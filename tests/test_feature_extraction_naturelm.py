@@ -275,19 +275,30 @@ def test_loads_as_remote_code_without_audio_libraries(tmp_path: Path) -> None:
     script = textwrap.dedent(
         """
         import importlib.abc, sys
-        import numpy as np
-        from transformers import AutoFeatureExtractor
 
         BLOCKED = {"torchaudio", "scipy", "librosa", "soundfile", "soxr", "resampy", "naturelm"}
 
-        class Block(importlib.abc.MetaPathFinder):
+        class HideBlocked(importlib.abc.MetaPathFinder):  # blocked packages look not installed, to transformers too
+            def __init__(self, finders):
+                self.finders = finders
+
             def find_spec(self, name, path=None, target=None):
                 if name.split(".")[0] in BLOCKED:
-                    raise ModuleNotFoundError(f"blocked {name}")
+                    return None
+                for finder in self.finders:
+                    spec = finder.find_spec(name, path, target)
+                    if spec is not None:
+                        return spec
+                return None
 
-        for name in [name for name in sys.modules if name.split(".")[0] in BLOCKED]:
-            del sys.modules[name]
-        sys.meta_path.insert(0, Block())
+            def find_distributions(self, *args, **kwargs):
+                for finder in self.finders:
+                    yield from getattr(finder, "find_distributions", lambda *args, **kwargs: ())(*args, **kwargs)
+
+        sys.meta_path[:] = [HideBlocked(list(sys.meta_path))]
+        import numpy as np
+        from transformers import AutoFeatureExtractor
+
         extractor = AutoFeatureExtractor.from_pretrained(sys.argv[1], trust_remote_code=True)
         features = extractor(np.zeros(22050, dtype=np.float32), sampling_rate=22050).input_features
         print(type(extractor).__name__, features.shape)
