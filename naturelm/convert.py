@@ -254,6 +254,7 @@ def from_original(
         NatureLMFeatureExtractor(),
         tokenizer,
         window_tokens=config.window_tokens,
+        window_stride_tokens=config.window_stride_tokens,
         num_query_tokens=config.num_query_tokens,
     )
     return model, processor

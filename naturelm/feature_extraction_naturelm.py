@@ -205,30 +205,32 @@ class NatureLMFeatureExtractor(SequenceFeatureExtractor):
         """Number of fbank frames per clip (Kaldi `snip_edges`: only frames that fit entirely)."""
         return 1 + (self.num_samples - self.window_size) // self.window_shift
 
-    def get_num_audio_tokens(self, window_tokens: int, num_query_tokens: int, patch_size: int = 16) -> int:
+    def get_num_audio_tokens(
+        self, window_tokens: int, window_stride_tokens: int, num_query_tokens: int, patch_size: int = 16
+    ) -> int:
         """
         Number of LLM input vectors the model makes from one clip: BEATs cuts the `(num_frames, num_mel_bins)` fbank
-        into non-overlapping `patch_size` x `patch_size` patches, the Q-Former reads them in non-overlapping windows
-        of `window_tokens` patches (a trailing partial window is dropped) and emits `num_query_tokens` per window.
+        into non-overlapping `patch_size` x `patch_size` patches, the Q-Former reads them in windows of
+        `window_tokens` patches every `window_stride_tokens` (a trailing partial window is dropped) and emits
+        `num_query_tokens` per window.
 
         Args:
-            window_tokens (`int`):
-                BEATs patches per Q-Former window (17 for the released model).
-            num_query_tokens (`int`):
-                Q-Former query tokens, i.e. LLM audio tokens per window (1 for the released model).
-            patch_size (`int`, *optional*, defaults to 16):
-                BEATs patch size in frames and mel bins.
+            window_tokens (`int`): BEATs patches per Q-Former window (17 for the released model).
+            window_stride_tokens (`int`): patches between window starts (17 for the released model).
+            num_query_tokens (`int`): LLM audio tokens per window (1 for the released model).
+            patch_size (`int`, *optional*, defaults to 16): BEATs patch size in frames and mel bins.
 
         Returns:
             `int`: the number of audio tokens (29 for 10 s with the released model).
         """
-        if min(window_tokens, num_query_tokens, patch_size) <= 0:
+        if min(window_tokens, window_stride_tokens, num_query_tokens, patch_size) <= 0:
             raise ValueError(
-                f"window_tokens ({window_tokens}), num_query_tokens ({num_query_tokens}) and patch_size "
-                f"({patch_size}) must be positive."
+                f"window_tokens ({window_tokens}), window_stride_tokens ({window_stride_tokens}), num_query_tokens "
+                f"({num_query_tokens}) and patch_size ({patch_size}) must be positive."
             )
         num_patches = (self.num_frames // patch_size) * (self.num_mel_bins // patch_size)
-        return (num_patches // window_tokens) * num_query_tokens
+        num_windows = (num_patches - window_tokens) // window_stride_tokens + 1 if num_patches >= window_tokens else 0
+        return num_windows * num_query_tokens
 
     def _prepare_clip(
         self, clip: np.ndarray | torch.Tensor, index: int, sampling_rate: int

@@ -35,8 +35,9 @@ class NatureLMProcessor(ProcessorMixin):
         chat_template (`str`, *optional*): defaults to the original NatureLM prompt format.
         audio_token (`str`, defaults to `"<|reserved_special_token_0|>"`): the token the model replaces with audio.
         audio_placeholder (`str`, defaults to `"<AudioHere>"`): what users (and BEANS-Zero) write for one clip.
-        window_tokens (`int`, defaults to 17), num_query_tokens (`int`, defaults to 1): the model's Q-Former
-            windowing, from which the feature extractor derives the number of audio tokens per clip.
+        window_tokens (`int`, defaults to 17), window_stride_tokens (`int`, defaults to 17), num_query_tokens
+            (`int`, defaults to 1): the model's Q-Former windowing, from which the feature extractor derives the
+            number of audio tokens per clip.
         answer_suffix (`str`, defaults to `"<|end_of_text|>"`): appended to training answers (the original `end_sym`).
         max_answer_tokens (`int`, defaults to 160): answers are truncated to this many tokens, suffix included
             (the original `max_txt_len`).
@@ -54,6 +55,7 @@ class NatureLMProcessor(ProcessorMixin):
         audio_token: str = "<|reserved_special_token_0|>",
         audio_placeholder: str = "<AudioHere>",
         window_tokens: int = 17,
+        window_stride_tokens: int = 17,
         num_query_tokens: int = 1,
         answer_suffix: str = "<|end_of_text|>",
         max_answer_tokens: int = 160,
@@ -61,6 +63,7 @@ class NatureLMProcessor(ProcessorMixin):
         self.audio_token = audio_token
         self.audio_placeholder = audio_placeholder
         self.window_tokens = window_tokens
+        self.window_stride_tokens = window_stride_tokens
         self.num_query_tokens = num_query_tokens
         self.answer_suffix = answer_suffix
         self.max_answer_tokens = max_answer_tokens
@@ -72,7 +75,9 @@ class NatureLMProcessor(ProcessorMixin):
     @property
     def num_audio_tokens(self) -> int:
         """LLM tokens per clip; the feature extractor owns the arithmetic."""
-        return self.feature_extractor.get_num_audio_tokens(self.window_tokens, self.num_query_tokens)
+        return self.feature_extractor.get_num_audio_tokens(
+            self.window_tokens, self.window_stride_tokens, self.num_query_tokens
+        )
 
     def __call__(
         self,

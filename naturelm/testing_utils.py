@@ -92,6 +92,7 @@ def tiny_model_and_processor(
     model.generation_config.eos_token_id = [128001, 128008, 128009]
     processor = NatureLMProcessor(
         NatureLMFeatureExtractor(), tokenizer, window_tokens=config.window_tokens,
+        window_stride_tokens=config.window_stride_tokens,
         num_query_tokens=config.num_query_tokens,
     )
     return model.eval(), processor

@@ -145,8 +145,9 @@ def test_stereo_is_averaged_in_either_layout(extractor: NatureLMFeatureExtractor
     "dtype", [np.float16, np.float32, np.float64, torch.float16, torch.bfloat16, torch.float32, torch.float64]
 )
 def test_accepted_float_dtypes(extractor: NatureLMFeatureExtractor, dtype: np.dtype | torch.dtype) -> None:
-    clip = torch.linspace(-0.9, 0.9, 16000).sin().to(dtype) if isinstance(dtype, torch.dtype) else None
-    clip = np.sin(np.linspace(-0.9, 0.9, 16000)).astype(dtype) if clip is None else clip
+    clip = np.random.default_rng(0).uniform(-0.5, 0.5, 16000)
+    clip = torch.from_numpy(clip).to(dtype) if isinstance(dtype, torch.dtype) else clip.astype(dtype)
+    # the same samples, exactly, in float64
     expected = extractor(torch.as_tensor(clip).double().numpy(), sampling_rate=16000).input_features
     features = extractor(clip, sampling_rate=16000).input_features
     assert features.dtype == np.float32
@@ -233,14 +234,16 @@ def test_num_audio_tokens_matches_reference(
     if not config_path.is_file():
         pytest.fail(f"Original config {config_path} not found; set NATURELM_PARITY_DIR to the fixture folder.")
     config = json.loads(config_path.read_text())
-    assert config["second_stride"] == config["second_per_window"], "windows are assumed not to overlap"
     window_tokens = round(1500 * config["second_per_window"] / 30)  # the original's kernel size in BEATs tokens
+    stride_tokens = round(1500 * config["second_stride"] / 30)
     patch_size = config["beats_cfg"]["input_patch_size"]
 
     frames = extractor(list(reference["waveform"]), sampling_rate=16000).input_features.shape[1]
     assert extractor.num_frames == frames == reference["fbank"].shape[1]
     assert (frames // patch_size) * (extractor.num_mel_bins // patch_size) == reference["beats_features"].shape[1]
-    num_tokens = extractor.get_num_audio_tokens(window_tokens, config["num_audio_query_token"], patch_size)
+    num_tokens = extractor.get_num_audio_tokens(
+        window_tokens, stride_tokens, config["num_audio_query_token"], patch_size
+    )
     assert num_tokens == reference["audio_embeds"].shape[1]
 
 
@@ -249,11 +252,13 @@ def test_num_audio_tokens_arithmetic(max_length_seconds: float) -> None:
     extractor = NatureLMFeatureExtractor(max_length_seconds=max_length_seconds)
     frames, mel_bins = extractor(GOOD, sampling_rate=16000).input_features.shape[1:]
     assert frames == extractor.num_frames
-    for window_tokens, num_query_tokens in [(17, 1), (17, 4), (5, 2)]:
-        windows = (frames // 16) * (mel_bins // 16) // window_tokens
-        assert extractor.get_num_audio_tokens(window_tokens, num_query_tokens) == windows * num_query_tokens
+    patches = (frames // 16) * (mel_bins // 16)
+    for window_tokens, stride_tokens, num_query_tokens in [(17, 17, 1), (17, 17, 4), (5, 5, 2), (25, 12, 2)]:
+        windows = len(range(0, patches - window_tokens + 1, stride_tokens))
+        expected = windows * num_query_tokens
+        assert extractor.get_num_audio_tokens(window_tokens, stride_tokens, num_query_tokens) == expected
     with pytest.raises(ValueError, match="must be positive"):
-        extractor.get_num_audio_tokens(0, 1)
+        extractor.get_num_audio_tokens(0, 1, 1)
 
 
 def test_loads_as_remote_code_without_audio_libraries(tmp_path: Path) -> None:

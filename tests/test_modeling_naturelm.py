@@ -1,0 +1,180 @@
+"""Behaviour of the model on tiny random weights with the real Llama 3 tokenizer."""
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+
+from naturelm.testing_utils import tiny_model_and_processor
+
+QUERIES = ["What is the common name for the focal species in the audio? Answer:", "Caption the audio."]
+
+
+@pytest.fixture(scope="module")
+def tiny(tokenizer_dir):
+    return tiny_model_and_processor(tokenizer_dir)
+
+
+@pytest.fixture(scope="module")
+def clips(reference):
+    return [clip.numpy() for clip in reference["waveform"]]
+
+
+def _prompt(processor, query: str, num_audios: int = 1) -> str:
+    content = [{"type": "audio"}] * num_audios + [{"type": "text", "text": query}]
+    return processor.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True,
+                                         tokenize=False)
+
+
+@pytest.mark.parametrize(
+    "window_seconds, stride_seconds, num_query_tokens",
+    [(0.333333, 0.333333, 1), (0.5, 0.25, 2)],  # the released windows, and overlapping windows with 2 queries
+)
+def test_token_count_of_processor_matches_model_output(tokenizer_dir, clips, window_seconds, stride_seconds,
+                                                       num_query_tokens):
+    model, processor = tiny_model_and_processor(
+        tokenizer_dir, window_seconds=window_seconds, window_stride_seconds=stride_seconds,
+        num_query_tokens=num_query_tokens,
+    )
+    features = processor.feature_extractor(clips[:1], sampling_rate=16000, return_tensors="pt").input_features
+    with torch.no_grad():
+        embeds = model.get_audio_features(features).pooler_output
+    assert embeds.shape[1] == processor.num_audio_tokens
+    batch = processor(text=_prompt(processor, "Hi"), audio=clips[0], sampling_rate=16000)
+    assert (batch["input_ids"] == model.config.audio_token_id).sum() == embeds.shape[1]
+
+
+def test_placeholder_mismatch_is_an_error_naming_both_numbers(tiny, clips):
+    model, processor = tiny
+    batch = processor(text=[_prompt(processor, q) for q in QUERIES], audio=clips, sampling_rate=16000)
+    n = processor.num_audio_tokens
+    one_short = batch["input_ids"].clone()
+    one_short[0, (one_short[0] == model.config.audio_token_id).nonzero()[0]] = 0
+    with pytest.raises(ValueError, match=rf"Row 0 has {n - 1} audio placeholder tokens.*{n} tokens"):
+        model(input_ids=one_short, input_features=batch["input_features"])
+    with pytest.raises(ValueError, match=rf"{2 * n} audio placeholder tokens \(2 clips\) but 1 clips"):
+        model(input_ids=batch["input_ids"], input_features=batch["input_features"][:1])
+
+
+@pytest.mark.parametrize("num_beams", [1, 2])
+def test_batched_generation_equals_per_clip(tiny, clips, num_beams):
+    model, processor = tiny
+    prompts = [_prompt(processor, q) for q in QUERIES]
+    kwargs = dict(max_new_tokens=6, min_new_tokens=6, do_sample=False, num_beams=num_beams)
+    single = []
+    for prompt, clip in zip(prompts, clips):
+        inputs = processor(text=prompt, audio=clip, sampling_rate=16000)
+        single.append(model.generate(**inputs, **kwargs)[0, inputs["input_ids"].shape[1]:].tolist())
+    batch = processor(text=prompts, audio=clips, sampling_rate=16000)
+    assert (batch["attention_mask"] == 0).any(), "prompts of different lengths must be left-padded"
+    assert model.generate(**batch, **kwargs)[:, batch["input_ids"].shape[1]:].tolist() == single
+
+
+def test_sampling_is_reproducible_with_a_seed(tiny, clips):
+    model, processor = tiny
+    inputs = processor(text=_prompt(processor, QUERIES[1]), audio=clips[1], sampling_rate=16000)
+    runs = []
+    for _ in range(2):
+        torch.manual_seed(0)
+        runs.append(model.generate(**inputs, do_sample=True, top_k=50, max_new_tokens=5, min_new_tokens=5))
+    assert torch.equal(runs[0], runs[1]) and runs[0].shape[1] == inputs["input_ids"].shape[1] + 5
+
+
+def test_beam_search_with_several_clips_per_prompt_is_refused(tiny, clips):
+    model, processor = tiny
+    inputs = processor(text=_prompt(processor, "Compare.", num_audios=2), audio=clips, sampling_rate=16000)
+    assert model.generate(**inputs, max_new_tokens=2).shape[0] == 1  # greedy handles two clips in one prompt
+    with pytest.raises(ValueError, match="one clip per prompt"):
+        model.generate(**inputs, max_new_tokens=2, num_beams=2)
+
+
+def _logits(model, batch) -> torch.Tensor:
+    with torch.no_grad():
+        return model(**batch).logits
+
+
+def test_merging_alpha(tiny, clips):
+    model, processor = tiny
+    batch = processor(text=[_prompt(processor, q) for q in QUERIES], audio=clips, sampling_rate=16000)
+    full = _logits(model, batch)
+
+    model.set_merging_alpha(0.0)
+    zero = _logits(model, batch)
+    model.disable_adapters()
+    base = _logits(model, batch)
+    model.enable_adapters()
+    assert torch.allclose(zero, base, atol=1e-6)
+    assert not torch.allclose(full, base, atol=1e-3), "the adapter must matter for this test to mean anything"
+
+    # W0 + 0.5 * (alpha / r) * BA is the adapter at alpha = 1 with B halved.
+    model.set_merging_alpha(0.5)
+    half = _logits(model, batch)
+    halved = copy.deepcopy(model)
+    halved.set_merging_alpha(1.0)
+    with torch.no_grad():
+        for name, param in halved.named_parameters():
+            if "lora_B" in name:
+                param.mul_(0.5)
+    assert torch.allclose(half, _logits(halved, batch), atol=1e-5)
+
+    model.set_merging_alpha(1.0)
+    assert torch.equal(_logits(model, batch), full)
+
+
+def test_merge_adapter_into_weights_keeps_outputs_and_drops_peft(tokenizer_dir, clips, tmp_path):
+    model, processor = tiny_model_and_processor(tokenizer_dir, seed=1)
+    batch = processor(text=_prompt(processor, QUERIES[0]), audio=clips[0], sampling_rate=16000)
+    model.set_merging_alpha(0.5)
+    expected = _logits(model, batch)
+    model.merge_adapter_into_weights()
+    assert not any("lora" in name for name, _ in model.named_parameters())
+    assert torch.allclose(_logits(model, batch), expected, atol=1e-5)
+    model.save_pretrained(tmp_path)
+    assert not (tmp_path / "adapter_config.json").exists()
+    reloaded = type(model).from_pretrained(tmp_path).eval()
+    assert torch.allclose(_logits(reloaded, batch), expected, atol=1e-5)
+
+
+def test_adapter_save_and_reload_round_trip(tiny, clips, tmp_path):
+    model, processor = tiny
+    batch = processor(text=_prompt(processor, QUERIES[0]), audio=clips[0], sampling_rate=16000)
+    model.save_pretrained(tmp_path)
+    assert (tmp_path / "adapter_model.safetensors").exists()
+    reloaded = type(model).from_pretrained(tmp_path).eval()
+    assert reloaded._hf_peft_config_loaded
+    assert torch.allclose(_logits(reloaded, batch), _logits(model, batch), atol=1e-6)
+
+
+def test_loss_is_the_mean_over_answer_tokens_and_gradients_reach_every_part(tokenizer_dir, clips):
+    model, processor = tiny_model_and_processor(tokenizer_dir, seed=2)
+    model.train()
+    # peft freezes everything but the adapter; unfreeze the audio side as the original's training did.
+    for param in [*model.model.audio_tower.parameters(), *model.model.audio_projector.parameters()]:
+        param.requires_grad_(True)
+    batch = processor(text=[_prompt(processor, q) for q in QUERIES], audio=clips, sampling_rate=16000,
+                      answers=["Green Treefrog", "A robin sings."])
+    output = model(**batch)
+    shift_labels = batch["labels"][:, 1:]
+    manual = torch.nn.functional.cross_entropy(output.logits[:, :-1].transpose(1, 2), shift_labels,
+                                               ignore_index=-100)
+    assert torch.allclose(output.loss, manual, atol=1e-5)
+    output.loss.backward()
+    grads = {name: p.grad for name, p in model.named_parameters() if p.requires_grad}
+    for part in ("audio_tower.patch_embedding", "audio_projector.qformer", "audio_projector.query", "lora_B"):
+        assert any(g is not None and g.abs().sum() > 0 for n, g in grads.items() if part in n), part
+
+
+def test_bad_audio_is_a_clear_error(tiny):
+    _, processor = tiny
+    prompt = _prompt(processor, QUERIES[0])
+    cases = [
+        (np.zeros(0, dtype=np.float32), 16000, "0 samples|empty"),
+        (np.full(16000, np.nan, dtype=np.float32), 16000, "non-finite|NaN"),
+        (np.zeros(16000, dtype=np.int16), 16000, "int16"),
+        (np.zeros(16000, dtype=np.float32), 0, "sampling_rate"),
+        (np.zeros(16000, dtype=np.float32), None, "sampling_rate"),
+    ]
+    for audio, rate, message in cases:
+        with pytest.raises(ValueError, match=message):
+            processor(text=prompt, audio=audio, sampling_rate=rate)
