@@ -1,5 +1,7 @@
 """NatureLM-audio, Hugging Face-native."""
 
+from transformers import AutoConfig, AutoFeatureExtractor, AutoModel, AutoProcessor
+
 from .configuration_naturelm import NatureLMBeatsConfig, NatureLMConfig
 from .feature_extraction_naturelm import NatureLMFeatureExtractor
 from .modeling_naturelm import (
@@ -10,7 +12,14 @@ from .modeling_naturelm import (
 )
 from .processing_naturelm import NatureLMProcessor
 
-# `save_pretrained` then writes these files and an `auto_map`, so a saved folder loads with the Auto classes and
+# With the package imported, the Auto classes resolve NatureLM folders to this code (no trust_remote_code needed).
+AutoConfig.register(NatureLMConfig.model_type, NatureLMConfig)
+AutoConfig.register(NatureLMBeatsConfig.model_type, NatureLMBeatsConfig)
+AutoModel.register(NatureLMConfig, NatureLMForConditionalGeneration)
+AutoFeatureExtractor.register(NatureLMConfig, NatureLMFeatureExtractor)
+AutoProcessor.register(NatureLMConfig, NatureLMProcessor)
+
+# `save_pretrained` then writes the code files and an `auto_map`, so a saved folder loads with the Auto classes and
 # `trust_remote_code=True` where this package is not installed.
 NatureLMConfig.register_for_auto_class()
 NatureLMForConditionalGeneration.register_for_auto_class("AutoModel")

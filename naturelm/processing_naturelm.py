@@ -43,10 +43,6 @@ class NatureLMProcessor(ProcessorMixin):
             (the original `max_txt_len`).
     """
 
-    attributes = ["feature_extractor", "tokenizer"]
-    feature_extractor_class = "AutoFeatureExtractor"
-    tokenizer_class = "AutoTokenizer"
-
     def __init__(
         self,
         feature_extractor,

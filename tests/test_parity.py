@@ -53,16 +53,22 @@ def test_chat_template_reproduces_original_prompt(converted, reference_io):
 
 
 def test_audio_features_match(converted, reference):
+    """The model from the original's own fbank, then end to end from the waveform. The fbank itself is checked in
+    test_feature_extraction_naturelm.py: a few near-silent mel bins differ by fp32 FFT rounding between CPUs (this
+    machine's torchaudio differs from the recorded fbank there too), so the model is isolated from it here."""
     _, model, processor = converted
-    features = processor.feature_extractor(list(reference["waveform"]), sampling_rate=16000, return_tensors="pt")
-    assert (features.input_features - reference["fbank"]).abs().max() <= 1e-4
     with torch.no_grad():
-        output = model.get_audio_features(features.input_features)
+        output = model.get_audio_features(reference["fbank"])
     assert output.last_hidden_state.shape == reference["beats_features"].shape
     assert (output.last_hidden_state - reference["beats_features"]).abs().max() <= 1e-4
     assert output.pooler_output.shape == reference["audio_embeds"].shape
     assert (output.pooler_output - reference["audio_embeds"]).abs().max() <= 1e-4
     assert processor.num_audio_tokens == output.pooler_output.shape[1]
+
+    features = processor.feature_extractor(list(reference["waveform"]), sampling_rate=16000, return_tensors="pt")
+    with torch.no_grad():
+        end_to_end = model.get_audio_features(features.input_features).pooler_output
+    assert (end_to_end - reference["audio_embeds"]).abs().max() <= 1e-4
 
 
 def test_training_forward_matches(converted, reference, reference_io):
