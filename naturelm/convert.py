@@ -221,6 +221,8 @@ def from_original(
     original_dir, base_model = _local(original_dir), _local(base_model)
     if isinstance(qformer_config, (str, Path)):
         qformer_config = json.loads(Path(qformer_config).read_text())
+    if not (original_dir / "config.json").is_file():
+        raise ConversionError(f"{original_dir} has no config.json; expected an original NatureLM-audio checkpoint.")
     original_config = json.loads((original_dir / "config.json").read_text())
     original = load_original_state_dict(original_dir)
     vocab_size = original["llama_embed_tokens.weight"].shape[0]
