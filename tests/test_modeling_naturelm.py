@@ -178,3 +178,18 @@ def test_bad_audio_is_a_clear_error(tiny):
     for audio, rate, message in cases:
         with pytest.raises(ValueError, match=message):
             processor(text=prompt, audio=audio, sampling_rate=rate)
+
+
+def test_gradient_checkpointing_gives_the_same_gradients(tokenizer_dir, clips):
+    grads = []
+    for checkpointing in (False, True):
+        model, processor = tiny_model_and_processor(tokenizer_dir, seed=3)
+        model.train()
+        if checkpointing:
+            model.gradient_checkpointing_enable()
+        for param in model.model.audio_tower.parameters():
+            param.requires_grad_(True)
+        batch = processor(text=_prompt(processor, QUERIES[0]), audio=clips[0], sampling_rate=16000, answers="A frog.")
+        model(**batch).loss.backward()
+        grads.append(model.model.audio_tower.patch_embedding.weight.grad.clone())
+    assert grads[0].abs().sum() > 0 and torch.allclose(grads[0], grads[1], atol=1e-6)
