@@ -25,16 +25,9 @@ from .processing_naturelm import NatureLMProcessor
 PAD_TOKEN = "[PAD]"
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
-# The original builds its Q-Former from bert-base-uncased's config; head counts cannot be read off weight shapes.
-BERT_BASE_QFORMER = {
-    "hidden_size": 768,
-    "num_attention_heads": 12,
-    "intermediate_size": 3072,
-    "num_hidden_layers": 2,
-    "layer_norm_eps": 1e-12,
-    "hidden_act": "gelu",
-    "cross_attention_frequency": 1,
-}
+# The original builds its Q-Former from bert-base-uncased's config (head counts cannot be read off weight shapes);
+# NatureLMConfig's Q-Former defaults are exactly those values.
+BERT_BASE_QFORMER = NatureLMConfig.sub_configs_defaults["qformer_config"].init_kwargs
 
 # Tensors of the original that NatureLM never uses, dropped on purpose (anything else unmapped is an error).
 _DROPPED = [
