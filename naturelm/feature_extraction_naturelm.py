@@ -1,6 +1,4 @@
-# Copyright 2025 The NatureLM-audio authors and the HuggingFace Inc. team.
-#
-# Licensed under the MIT License.
+# Copyright 2026 The NatureLM-audio HF authors. Licensed under the MIT License.
 """
 Feature extractor for NatureLM-audio: the BEATs Kaldi log-mel front end.
 
