@@ -1,6 +1,7 @@
 """NatureLM-audio, Hugging Face-native."""
 
 from transformers import AutoConfig, AutoFeatureExtractor, AutoModel, AutoProcessor
+from transformers.pipelines import PIPELINE_REGISTRY
 
 from .configuration_naturelm import NatureLMBeatsConfig, NatureLMConfig
 from .feature_extraction_naturelm import NatureLMFeatureExtractor
@@ -10,6 +11,7 @@ from .modeling_naturelm import (
     NatureLMModel,
     NatureLMPreTrainedModel,
 )
+from .pipeline_naturelm import TASK, NatureLMPipeline
 from .processing_naturelm import NatureLMProcessor
 
 # With the package imported, the Auto classes resolve NatureLM folders to this code (no trust_remote_code needed).
@@ -18,6 +20,7 @@ AutoConfig.register(NatureLMBeatsConfig.model_type, NatureLMBeatsConfig)
 AutoModel.register(NatureLMConfig, NatureLMForConditionalGeneration)
 AutoFeatureExtractor.register(NatureLMConfig, NatureLMFeatureExtractor)
 AutoProcessor.register(NatureLMConfig, NatureLMProcessor)
+PIPELINE_REGISTRY.register_pipeline(TASK, pipeline_class=NatureLMPipeline, pt_model=AutoModel)
 
 # `save_pretrained` then writes the code files and an `auto_map`, so a saved folder loads with the Auto classes and
 # `trust_remote_code=True` where this package is not installed.
@@ -33,6 +36,7 @@ __all__ = [
     "NatureLMFeatureExtractor",
     "NatureLMForConditionalGeneration",
     "NatureLMModel",
+    "NatureLMPipeline",
     "NatureLMPreTrainedModel",
     "NatureLMProcessor",
 ]

@@ -1,86 +1,86 @@
-"""The `naturelm` command: `convert` an original checkpoint, `infer` over recordings."""
+"""The `naturelm` command: `convert` an original checkpoint, `infer` over recordings, `embed` them."""
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
-import numpy as np
-import soundfile
-import soxr
-import torch
-
+from .audio import find_audio_files
 from .convert import DTYPES, ConversionError, convert
+from .embed import embed_files, write_embeddings
+from .infer import FORMATS, ResultWriter, run
 from .loading import RELEASED_BASE_MODEL, RELEASED_MODEL, WeightsUnavailableError, load_model
-
-AUDIO_EXTENSIONS = {".wav", ".flac", ".mp3", ".ogg", ".opus"}
-SAMPLING_RATE = 16000
+from .pipeline_naturelm import DEFAULT_QUERY
 
 
-def _convert(args: argparse.Namespace) -> None:
+def _convert(args: argparse.Namespace) -> int:
     output = convert(
         args.original_dir, args.output_dir, args.base_model, args.qformer_config, args.merging_alpha, args.dtype
     )
     print(f"Wrote {output}")
+    return 0
 
 
-def _audio_files(paths: list[str]) -> list[Path]:
-    files = []
-    for path in map(Path, paths):
-        if path.is_dir():
-            files += sorted(p for p in path.rglob("*") if p.suffix.lower() in AUDIO_EXTENSIONS and p.is_file())
-        else:
-            files.append(path)
-    return files
-
-
-def _read(path: Path) -> np.ndarray:
-    """Mono float32 at 16 kHz."""
-    audio, rate = soundfile.read(path, dtype="float32", always_2d=True)
-    audio = audio.mean(axis=1)
-    return soxr.resample(audio, rate, SAMPLING_RATE) if rate != SAMPLING_RATE else audio
-
-
-def _infer(args: argparse.Namespace) -> None:
+def _load(args: argparse.Namespace):
     if args.smoke:
         print("SMOKE MODE: a tiny random NatureLM model, not the released weights; answers are meaningless.",
               file=sys.stderr)
-    model, processor = load_model(
-        args.model, args.base_model, DTYPES[args.dtype], args.merging_alpha, smoke=args.smoke
-    )
-    window = int(args.window * SAMPLING_RATE)
-    prompt = processor.apply_chat_template(
-        [{"role": "user", "content": [{"type": "audio"}, {"type": "text", "text": args.query}]}],
-        add_generation_prompt=True, tokenize=False,
-    )
-    out = open(args.output, "w") if args.output else sys.stdout
-    for path in _audio_files(args.inputs):
-        try:
-            audio = _read(path)
-            if audio.size == 0:
-                raise ValueError("the file holds no audio samples")
-        except Exception as error:  # a bad file is a reported row, never the end of the run
-            out.write(json.dumps({"file": str(path), "error": f"{type(error).__name__}: {error}"}) + "\n")
-            continue
-        starts = list(range(0, len(audio), window))
-        for first in range(0, len(starts), args.batch_size):
-            chunk = starts[first : first + args.batch_size]
-            batch = processor(
-                text=[prompt] * len(chunk), audio=[audio[s : s + window] for s in chunk], sampling_rate=SAMPLING_RATE
-            )
-            with torch.inference_mode():
-                generated = model.generate(
-                    **batch, max_new_tokens=args.max_new_tokens, num_beams=args.num_beams, do_sample=False
-                )
-            texts = processor.batch_decode(generated[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)
-            for start, text in zip(chunk, texts):
-                end = min(start + window, len(audio))
-                row = {"file": str(path), "start": start / SAMPLING_RATE, "end": end / SAMPLING_RATE,
-                       "text": text.strip()}
-                out.write(json.dumps(row) + "\n")
-            out.flush()
-    if out is not sys.stdout:
-        out.close()
+    model, processor = load_model(args.model, args.base_model, DTYPES[args.dtype], args.merging_alpha, args.smoke)
+    return model.to(args.device), processor
+
+
+def _labels(value: str | None) -> list[str] | None:
+    """`--labels` is a file with one label per line, or a comma-separated list."""
+    if value is None:
+        return None
+    lines = Path(value).read_text().splitlines() if Path(value).is_file() else value.split(",")
+    labels = [label.strip() for label in lines if label.strip()]
+    if not labels:
+        raise ValueError(f"--labels {value!r} holds no label.")
+    return labels
+
+
+def _infer(args: argparse.Namespace) -> int:
+    files = find_audio_files(args.inputs)
+    fmt = args.format or {".csv": "csv", ".txt": "raven", ".tsv": "raven"}.get(
+        Path(args.output).suffix.lower() if args.output else "", "jsonl")
+    labels = _labels(args.labels)
+    writer = ResultWriter(Path(args.output) if args.output else None, fmt, args.resume, args.overwrite)
+    model, processor = _load(args)
+    try:
+        summary = run(
+            model, processor, files, writer, args.query, labels, args.window, args.hop, args.batch_size,
+            progress=not args.no_progress, max_new_tokens=args.max_new_tokens, num_beams=args.num_beams,
+            do_sample=False,
+        )
+    finally:
+        writer.close()
+    print(f"naturelm: {summary}", file=sys.stderr)
+    return 1 if summary.failed else 0
+
+
+def _embed(args: argparse.Namespace) -> int:
+    model, processor = _load(args)
+    table = embed_files(model, processor, find_audio_files(args.inputs), args.window, args.hop, args.batch_size)
+    write_embeddings(table, Path(args.output))
+    failed = sum(error is not None for error in table["error"])
+    print(f"naturelm: wrote {len(table['file']) - failed} window embeddings to {args.output}, {failed} failed files",
+          file=sys.stderr)
+    return 1 if failed else 0
+
+
+def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("inputs", nargs="+", help="audio files or folders (searched recursively by extension)")
+    parser.add_argument("--model", default=RELEASED_MODEL,
+                        help="converted folder, original checkpoint folder or hub id (default: the released model)")
+    parser.add_argument("--base-model", default=RELEASED_BASE_MODEL, help="base Llama for original checkpoints")
+    parser.add_argument("--window", type=float, default=10.0, help="window length in seconds (default 10)")
+    parser.add_argument("--hop", type=float, default=None, help="hop between windows in seconds (default: window)")
+    parser.add_argument("--batch-size", type=int, default=8, help="windows per batch, across files")
+    parser.add_argument("--merging-alpha", type=float, default=None, help="LoRA scale factor (default: the model's)")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, mps ...")
+    parser.add_argument("--dtype", choices=sorted(DTYPES), default="bf16")
+    parser.add_argument("--smoke", action="store_true",
+                        help="run on a tiny random model instead of the released weights (pipeline check only)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -97,33 +97,35 @@ def build_parser() -> argparse.ArgumentParser:
     conv.add_argument("--dtype", choices=sorted(DTYPES), default="bf16")
     conv.set_defaults(func=_convert)
 
-    infer = commands.add_parser("infer", help="answer a question about every window of some recordings (JSONL)")
-    infer.add_argument("inputs", nargs="+", help="audio files or folders (searched recursively)")
-    infer.add_argument("--query", default="What is the common name for the focal species in the audio? Answer:")
-    infer.add_argument("--model", default=RELEASED_MODEL,
-                       help="converted folder, original checkpoint folder or hub id (default: the released model)")
-    infer.add_argument("--base-model", default=RELEASED_BASE_MODEL, help="base Llama for original checkpoints")
-    infer.add_argument("--window", type=float, default=10.0, help="window length and hop in seconds")
-    infer.add_argument("--batch-size", type=int, default=8)
+    infer = commands.add_parser("infer", help="answer a question about every window of some recordings")
+    _add_model_arguments(infer)
+    infer.add_argument("--query", default=DEFAULT_QUERY)
+    infer.add_argument("--labels", help="candidate labels (a file, one per line, or a,b,c): score them instead of "
+                       "generating; the answer is always one of them")
     infer.add_argument("--num-beams", type=int, default=1)
     infer.add_argument("--max-new-tokens", type=int, default=50)
-    infer.add_argument("--merging-alpha", type=float, default=None)
-    infer.add_argument("--dtype", choices=sorted(DTYPES), default="bf16")
-    infer.add_argument("--output", help="JSONL file (default: standard output)")
-    infer.add_argument("--smoke", action="store_true",
-                       help="run on a tiny random model instead of the released weights (pipeline check only)")
+    infer.add_argument("--output", help="results file (default: standard output)")
+    infer.add_argument("--format", choices=FORMATS, help="jsonl (default), csv, or raven (a Raven Pro selection "
+                       "table); guessed from the --output extension (.csv, .txt/.tsv for Raven)")
+    infer.add_argument("--resume", action="store_true", help="continue an interrupted run into the same --output")
+    infer.add_argument("--overwrite", action="store_true", help="replace an existing --output")
+    infer.add_argument("--no-progress", action="store_true", help="no progress bar")
     infer.set_defaults(func=_infer)
+
+    embed = commands.add_parser("embed", help="per-window audio embeddings (LLM space and mean-pooled BEATs)")
+    _add_model_arguments(embed)
+    embed.add_argument("--output", required=True, help="a .parquet or .npz file")
+    embed.set_defaults(func=_embed)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        args.func(args)
-    except (WeightsUnavailableError, ConversionError) as error:
+        return args.func(args)
+    except (WeightsUnavailableError, ConversionError, FileExistsError, ValueError) as error:
         print(f"naturelm: {error}", file=sys.stderr)
         return 2
-    return 0
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ from transformers import AutoTokenizer, Blip2QFormerConfig, GenerationConfig, Ll
 from .configuration_naturelm import NatureLMConfig
 from .feature_extraction_naturelm import NatureLMFeatureExtractor
 from .modeling_naturelm import NatureLMForConditionalGeneration
+from .pipeline_naturelm import TASK, NatureLMPipeline
 from .processing_naturelm import NatureLMProcessor
 
 PAD_TOKEN = "[PAD]"
@@ -266,7 +267,8 @@ def convert(
     """Writes a folder that loads with `AutoModel`/`AutoProcessor.from_pretrained(..., trust_remote_code=True)`."""
     model, processor = from_original(original_dir, base_model, qformer_config, merging_alpha, DTYPES[dtype])
     output_dir = Path(output_dir)
-    model.save_pretrained(output_dir)
+    # Saving through the pipeline also declares it under `custom_pipelines` and copies its code file.
+    NatureLMPipeline(model=model, processor=processor, task=TASK, device=model.device).save_pretrained(output_dir)
     processor.save_pretrained(output_dir)
     return output_dir
 

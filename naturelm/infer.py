@@ -1,0 +1,221 @@
+"""Folder runs over long recordings: windows of all files batched together, one row per window, written per file as
+it finishes, resumable after a kill, a failed row (with the reason) for every bad file."""
+
+import csv
+import io
+import json
+import os
+import sys
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from .audio import AudioError, audio_info, stream_windows
+from .pipeline_naturelm import AudioWindow, build_prompt, generate_answers, rank_labels, score_candidate_labels
+
+FORMATS = ("jsonl", "csv", "raven")
+RAVEN_COLUMNS = ["Selection", "View", "Channel", "Begin Time (s)", "End Time (s)", "Low Freq (Hz)",
+                 "High Freq (Hz)", "Begin File", "answer"]
+CSV_COLUMNS = ["file", "start", "end", "answer", "probabilities", "error"]
+
+
+@dataclass
+class _File:
+    path: Path
+    rows: dict = field(default_factory=dict)  # window index -> result
+    windows: int = 0
+    done_reading: bool = False
+    error: str | None = None
+
+    @property
+    def finished(self) -> bool:
+        return self.done_reading and (self.error is not None or len(self.rows) == self.windows)
+
+
+@dataclass
+class Summary:
+    files: int = 0
+    windows: int = 0
+    failed: int = 0
+    audio_seconds: float = 0.0
+    seconds: float = 0.0
+
+    def __str__(self) -> str:
+        rate = self.audio_seconds / self.seconds if self.seconds else 0.0
+        return (f"{self.files} files, {self.windows} windows, {self.failed} failed, "
+                f"{self.audio_seconds:.1f} s of audio in {self.seconds:.1f} s ({rate:.1f} audio-s/s)")
+
+
+class ResultWriter:
+    """Writes rows in one of the formats and journals each finished file (`<output>.progress`): the journal holds
+    the byte offset after the file's rows, so `--resume` cuts off a half-written file and skips finished ones."""
+
+    def __init__(self, output: Path | None, fmt: str, resume: bool, overwrite: bool):
+        self.fmt, self.output, self.selection, self.done = fmt, output, 0, set()
+        if output is None:
+            self.handle, self.journal = sys.stdout, None
+            self._write_header()
+            return
+        self.journal_path = output.with_name(output.name + ".progress")
+        if output.exists() and not (resume or overwrite):
+            raise FileExistsError(f"{output} exists; pass --resume to continue that run or --overwrite to replace it.")
+        offset = 0
+        if resume and output.exists() and self.journal_path.exists():
+            for line in self.journal_path.read_text().splitlines():
+                entry = json.loads(line)
+                self.done.add(entry["file"])
+                offset, self.selection = entry["offset"], entry["selection"]
+        if offset:
+            self.handle = open(output, "r+b")
+            self.handle.truncate(offset)
+            self.handle.seek(offset)
+            self.journal = open(self.journal_path, "a")
+        else:
+            self.handle = open(output, "wb")
+            self.journal = open(self.journal_path, "w")
+            self._write_header()
+            self._sync()
+
+    def _write_header(self) -> None:
+        if self.fmt == "csv":
+            self._emit([CSV_COLUMNS])
+        elif self.fmt == "raven":
+            self._emit([RAVEN_COLUMNS])
+
+    def _emit(self, records: list) -> None:
+        if self.fmt == "jsonl":
+            text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
+        else:
+            buffer = io.StringIO()
+            csv.writer(buffer, delimiter="\t" if self.fmt == "raven" else ",", lineterminator="\n").writerows(records)
+            text = buffer.getvalue()
+        self.handle.write(text if self.handle is sys.stdout else text.encode())
+
+    def _sync(self) -> None:
+        self.handle.flush()
+        if self.handle is not sys.stdout:
+            os.fsync(self.handle.fileno())
+
+    def write_file(self, path: Path, rows: list[dict], error: str | None) -> None:
+        if self.fmt == "jsonl":
+            records = [{"file": str(path), "error": error}] if error else [{"file": str(path), **r} for r in rows]
+        elif self.fmt == "csv":
+            records = [[str(path), "", "", "", "", error]] if error else [
+                [str(path), r["start"], r["end"], _answer(r), json.dumps(_probabilities(r)) if "labels" in r else "",
+                 ""] for r in rows]
+        else:
+            records = []
+            for r in rows or [{"start": 0.0, "end": 0.0}]:
+                self.selection += 1
+                answer = f"ERROR: {error}" if error else _answer(r)
+                records.append([self.selection, "Spectrogram 1", 1, r["start"], r["end"], 0, 8000, path.name, answer])
+        self._emit(records)
+        self._sync()
+        if self.journal is not None:
+            entry = {"file": str(path), "offset": self.handle.tell(), "selection": self.selection}
+            self.journal.write(json.dumps(entry) + "\n")
+            self.journal.flush()
+            os.fsync(self.journal.fileno())
+
+    def close(self) -> None:
+        if self.handle is not sys.stdout:
+            self.handle.close()
+            self.journal.close()
+
+
+def _answer(row: dict) -> str:
+    return row["labels"][0] if "labels" in row else row["text"]
+
+
+def _probabilities(row: dict) -> dict:
+    return dict(zip(row["labels"], row["scores"]))
+
+
+def run(
+    model,
+    processor,
+    files: list[Path],
+    writer: ResultWriter,
+    query: str,
+    labels: list[str] | None = None,
+    window_seconds: float = 10.0,
+    hop_seconds: float | None = None,
+    batch_size: int = 8,
+    progress: bool = True,
+    **generate_kwargs,
+) -> Summary:
+    """Runs every window of every file, `batch_size` windows at a time across file boundaries, and writes each
+    file's rows once all its windows are answered (in order), or a failed row when the file is bad."""
+    hop_seconds = hop_seconds or window_seconds
+    prompt = build_prompt(processor, query)
+    todo = [f for f in files if str(f) not in writer.done]
+    summary, started = Summary(), time.perf_counter()
+    total = sum(_duration(f) for f in todo)
+    bar = tqdm(total=round(total, 1), unit="audio-s", disable=not progress, file=sys.stderr)
+    queue: deque[_File] = deque()
+    pending: list[tuple[_File, int, AudioWindow]] = []
+
+    def run_batch() -> None:
+        if not pending:
+            return
+        windows = [w for _, _, w in pending]
+        if labels:
+            probabilities = score_candidate_labels(model, processor, windows, labels).cpu().tolist()
+            results = [rank_labels(labels, p) for p in probabilities]
+        else:
+            results = [{"text": t} for t in generate_answers(model, processor, windows, **generate_kwargs)]
+        for (state, index, window), result in zip(pending, results):
+            state.rows[index] = {"start": round(window.start, 6), "end": round(window.end, 6), **result}
+            bar.update(round(window.end - window.start, 1))
+        pending.clear()
+
+    def write_finished() -> None:
+        while queue and queue[0].finished:
+            state = queue.popleft()
+            rows = [state.rows[i] for i in range(state.windows)]
+            writer.write_file(state.path, rows, state.error)
+            summary.files += 1
+            summary.failed += state.error is not None
+            if state.error is None:
+                summary.windows += len(rows)
+                summary.audio_seconds += rows[-1]["end"] if rows else 0.0
+
+    for path in todo:
+        state = _File(path)
+        queue.append(state)
+        windows = stream_windows(path, window_seconds, hop_seconds)
+        while True:
+            try:
+                item = next(windows, None)
+            except AudioError as error:
+                state.error = str(error)
+                break
+            except Exception as error:  # whatever a broken file raises, it must not end the run
+                state.error = f"cannot be read ({type(error).__name__}: {error})"
+                break
+            if item is None:
+                break
+            start, end, samples = item
+            pending.append((state, state.windows, AudioWindow(0, start, end, samples, prompt)))
+            state.windows += 1
+            if len(pending) >= batch_size:
+                run_batch()
+                write_finished()
+        state.done_reading = True
+        write_finished()
+    run_batch()
+    write_finished()
+    bar.close()
+    summary.seconds = time.perf_counter() - started
+    return summary
+
+
+def _duration(path: Path) -> float:
+    try:
+        frames, rate = audio_info(path)
+    except AudioError:
+        return 0.0
+    return frames / rate
