@@ -7,7 +7,6 @@ import numpy as np
 import soundfile
 import soxr
 
-from .pipeline_naturelm import window_starts
 
 AUDIO_EXTENSIONS = (".wav", ".flac", ".mp3", ".ogg", ".opus")
 BLOCK_SECONDS = 60.0
@@ -41,14 +40,14 @@ def stream_windows(
     block by block (soxr's streaming resampler), so a one-hour file never sits in memory whole."""
     frames, rate = audio_info(path)
     window, hop = round(window_seconds * sampling_rate), round(hop_seconds * sampling_rate)
-    total = frames if rate == sampling_rate else int(np.ceil(frames * sampling_rate / rate))
-    starts = iter(window_starts(total, window, hop))
-    next_start = next(starts)
+    # Windows start every `hop` until one reaches the end (as `window_starts`); the length is only known at the end of
+    # the stream (compressed formats may decode to another length than their header says), so starts are made lazily.
+    start, finished = 0, False
     buffer, buffer_start, produced = np.zeros(0, np.float32), 0, 0
     resampler = soxr.ResampleStream(rate, sampling_rate, 1, dtype="float32") if rate != sampling_rate else None
     try:
         with soundfile.SoundFile(str(path)) as handle:
-            while next_start is not None:
+            while not finished:
                 block = handle.read(int(BLOCK_SECONDS * rate), dtype="float32", always_2d=True)
                 last = len(block) == 0 or handle.tell() >= frames
                 if len(block) and not np.isfinite(block).all():
@@ -58,18 +57,16 @@ def stream_windows(
                     mono = resampler.resample_chunk(mono, last=last)
                 buffer = np.concatenate([buffer, mono])
                 produced += len(mono)
-                while next_start is not None and (next_start + window <= buffer_start + len(buffer) or last):
-                    offset = next_start - buffer_start
-                    segment = buffer[offset : offset + window]
-                    if len(segment) == 0:
+                while start + window < produced or (last and start < produced):
+                    segment = buffer[start - buffer_start : start - buffer_start + window]
+                    yield start / sampling_rate, (start + len(segment)) / sampling_rate, segment
+                    if start + window >= produced:  # only reachable on the last block: this window hit the end
+                        finished = True
                         break
-                    yield next_start / sampling_rate, (next_start + len(segment)) / sampling_rate, segment
-                    next_start = next(starts, None)
-                    if next_start is not None and next_start > buffer_start:
-                        drop = min(next_start - buffer_start, len(buffer))
-                        buffer, buffer_start = buffer[drop:], buffer_start + drop
-                if last:
-                    break
+                    start += hop
+                    drop = min(start - buffer_start, len(buffer))
+                    buffer, buffer_start = buffer[drop:], buffer_start + drop
+                finished = finished or last
     except (soundfile.LibsndfileError, RuntimeError) as error:
         raise AudioError(f"cannot be decoded past {produced / sampling_rate:.1f} s ({error})") from None
     if produced == 0:

@@ -49,8 +49,8 @@ def _infer(args: argparse.Namespace) -> int:
     try:
         summary = run(
             model, processor, files, writer, args.query, labels, args.window, args.hop, args.batch_size,
-            progress=not args.no_progress, max_new_tokens=args.max_new_tokens, num_beams=args.num_beams,
-            do_sample=False,
+            progress=not args.no_progress, max_new_tokens=args.max_new_tokens, min_new_tokens=args.min_new_tokens,
+            num_beams=args.num_beams, do_sample=False,
         )
     finally:
         writer.close()
@@ -104,6 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "generating; the answer is always one of them")
     infer.add_argument("--num-beams", type=int, default=1)
     infer.add_argument("--max-new-tokens", type=int, default=50)
+    infer.add_argument("--min-new-tokens", type=int, default=None, help="force at least this many (benchmarks)")
     infer.add_argument("--output", help="results file (default: standard output)")
     infer.add_argument("--format", choices=FORMATS, help="jsonl (default), csv, or raven (a Raven Pro selection "
                        "table); guessed from the --output extension (.csv, .txt/.tsv for Raven)")

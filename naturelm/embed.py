@@ -40,12 +40,13 @@ def _append(table: dict, file: str, start, end, llm, beats, error) -> None:
 
 
 def write_embeddings(table: dict[str, list], output: Path) -> None:
-    """`.parquet` (one row per window, embeddings as lists) or `.npz` (stacked arrays plus the index columns)."""
+    """`.parquet` (one row per window, embeddings as lists, failed files as rows with `error`) or `.npz` (stacked
+    arrays plus the `path`/`start`/`end` index of the good windows)."""
     good = [i for i, error in enumerate(table["error"]) if error is None]
     if output.suffix == ".npz":
         np.savez(
             output,
-            file=np.array([table["file"][i] for i in good]),
+            path=np.array([table["file"][i] for i in good]),  # `file` is taken by np.savez itself
             start=np.array([table["start"][i] for i in good], dtype=np.float64),
             end=np.array([table["end"][i] for i in good], dtype=np.float64),
             llm_embedding=np.stack([table["llm_embedding"][i] for i in good]) if good else np.zeros((0, 0)),

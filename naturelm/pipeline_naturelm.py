@@ -33,7 +33,7 @@ def window_starts(num_samples: int, window: int, hop: int) -> list[int]:
     """Start samples of the windows covering a recording: every `hop` until a window has reached the end, so the last
     partial window is kept (it is zero-padded to the window and reported with its true end)."""
     starts = [0]
-    while starts[-1] + window < num_samples:
+    while starts[-1] + window < num_samples and starts[-1] + hop < num_samples:
         starts.append(starts[-1] + hop)
     return starts
 

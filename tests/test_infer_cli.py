@@ -1,0 +1,152 @@
+"""`naturelm infer` / `naturelm embed` on folders, as users run them: kills, bad files, output formats."""
+
+import csv
+import json
+import os
+import shutil
+import signal
+import struct
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import soundfile
+
+
+def _command(*args: str) -> list[str]:
+    return [sys.executable, "-m", "naturelm.cli", *args]
+
+
+def _env(tmp_path) -> dict:
+    return {**os.environ, "HF_HOME": str(tmp_path / "hf_home"), "HF_HUB_OFFLINE": "1"}
+
+
+@pytest.fixture(scope="module")
+def recordings(audio_dir, tmp_path_factory):
+    """All shared recordings (several windows each, wav and mp3, mono and stereo)."""
+    folder = tmp_path_factory.mktemp("recordings")
+    for path in sorted(audio_dir.iterdir()):
+        shutil.copy(path, folder / path.name)
+    return folder
+
+
+def test_killed_run_resumes_to_byte_identical_output(recordings, tmp_path):
+    args = ["infer", str(recordings), "--smoke", "--batch-size", "1", "--max-new-tokens", "40",
+            "--min-new-tokens", "40", "--no-progress"]
+    for fmt in ("jsonl", "raven"):
+        reference, killed = tmp_path / f"reference.{fmt}", tmp_path / f"killed.{fmt}"
+        done = subprocess.run(_command(*args, "--format", fmt, "--output", str(reference)), env=_env(tmp_path),
+                              capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stderr
+
+        process = subprocess.Popen(_command(*args, "--format", fmt, "--output", str(killed)), env=_env(tmp_path),
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        journal = killed.with_name(killed.name + ".progress")
+        deadline = time.time() + 300
+        while time.time() < deadline and process.poll() is None:
+            if journal.exists() and len(journal.read_text().splitlines()) >= 2:
+                break
+            time.sleep(0.01)
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+        finished_before_kill = len(journal.read_text().splitlines())
+        files = len(list(recordings.iterdir()))
+        assert 2 <= finished_before_kill < files, "the kill must land mid-run for this test to mean anything"
+
+        resumed = subprocess.run(_command(*args, "--format", fmt, "--output", str(killed), "--resume"),
+                                 env=_env(tmp_path), capture_output=True, text=True, timeout=600)
+        assert resumed.returncode == 0, resumed.stderr
+        assert f"{files - finished_before_kill} files" in resumed.stderr  # only the rest was run
+        assert killed.read_bytes() == reference.read_bytes()
+
+    rows = [json.loads(line) for line in (tmp_path / "reference.jsonl").read_text().splitlines()]
+    for path in recordings.iterdir():
+        audio, rate = soundfile.read(path)
+        windows = [r for r in rows if r["file"] == str(path)]
+        assert len(windows) == -(-len(audio) // (10 * rate))
+        assert [w["start"] for w in windows] == [10.0 * i for i in range(len(windows))]
+
+
+def _bad_files(folder, good_wav) -> int:
+    """Writes every kind of bad file we know of; returns how many."""
+    rate = 16000
+    (folder / "empty.wav").write_bytes(b"")
+    (folder / "text.wav").write_text("this is not audio\n" * 100)
+    (folder / "random.mp3").write_bytes(np.random.default_rng(0).bytes(20000))
+    (folder / "random.flac").write_bytes(np.random.default_rng(1).bytes(20000))
+    (folder / "random.ogg").write_bytes(b"OggS" + np.random.default_rng(2).bytes(20000))
+    (folder / "random.opus").write_bytes(np.random.default_rng(3).bytes(5000))
+    (folder / "header_only.wav").write_bytes(good_wav.read_bytes()[:44])
+    (folder / "truncated_header.wav").write_bytes(good_wav.read_bytes()[:20])
+    soundfile.write(folder / "nan.wav", np.full(rate, np.nan, np.float32), rate, subtype="FLOAT")
+    soundfile.write(folder / "inf.wav", np.r_[np.zeros(rate), np.inf].astype(np.float32), rate, subtype="FLOAT")
+    (folder / "directory.wav").mkdir()
+    (folder / "broken_link.wav").symlink_to(folder / "does_not_exist.wav")
+    riff = b"RIFF" + struct.pack("<I", 36) + b"WAVEfmt " + struct.pack("<IHHIIHH", 16, 1, 0, 0, 0, 0, 16)
+    (folder / "zero_channels.wav").write_bytes(riff + b"data" + struct.pack("<I", 0))
+    return 13
+
+
+def test_bad_files_are_failed_rows_and_good_ones_still_run(audio_dir, tmp_path):
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    good = sorted(audio_dir.glob("*.wav"))[:1] + sorted(audio_dir.glob("*.mp3"))[:1]
+    for path in good:
+        shutil.copy(path, folder / path.name)
+    bad = _bad_files(folder, good[0])
+    output = tmp_path / "out.jsonl"
+    result = subprocess.run(_command("infer", str(folder), "--smoke", "--max-new-tokens", "2", "--no-progress",
+                                     "--output", str(output)), env=_env(tmp_path), capture_output=True, text=True,
+                            timeout=600)
+    assert result.returncode == 1, result.stderr  # partial failure
+    assert "Traceback" not in result.stderr and f"{bad} failed" in result.stderr
+    rows = [json.loads(line) for line in output.read_text().splitlines()]
+    failed = {os.path.basename(r["file"]): r["error"] for r in rows if "error" in r}
+    assert len(failed) == bad and all(isinstance(reason, str) and reason for reason in failed.values())
+    assert "directory" in failed["directory.wav"] and "empty" in failed["empty.wav"]
+    assert "NaN" in failed["nan.wav"] and "NaN or infinite" in failed["inf.wav"]
+    answered = {os.path.basename(r["file"]) for r in rows if "text" in r}
+    assert answered == {p.name for p in good}
+
+
+def test_raven_table_and_candidate_labels(audio_dir, tmp_path):
+    clip = min(audio_dir.glob("*.mp3"), key=lambda p: soundfile.info(p).duration)
+    labels = tmp_path / "labels.txt"
+    labels.write_text("American Robin\nGreen Treefrog\nGray Wolf\n")
+    output = tmp_path / "selections.txt"
+    result = subprocess.run(_command("infer", str(clip), str(clip), "--smoke", "--labels", str(labels),
+                                     "--no-progress", "--output", str(output)), env=_env(tmp_path),
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    with open(output, newline="") as handle:
+        table = list(csv.DictReader(handle, delimiter="\t"))
+    assert list(table[0]) == ["Selection", "View", "Channel", "Begin Time (s)", "End Time (s)", "Low Freq (Hz)",
+                              "High Freq (Hz)", "Begin File", "answer"]
+    assert [int(r["Selection"]) for r in table] == list(range(1, len(table) + 1))
+    assert all(r["answer"] in {"American Robin", "Green Treefrog", "Gray Wolf"} for r in table)
+    assert all(float(r["Begin Time (s)"]) < float(r["End Time (s)"]) for r in table)
+    assert {r["Begin File"] for r in table} == {clip.name}
+
+
+def test_embed_writes_one_vector_per_window(audio_dir, tmp_path):
+    clip = max(audio_dir.glob("*.mp3"), key=lambda p: soundfile.info(p).duration)
+    output = tmp_path / "embeddings.npz"
+    result = subprocess.run(_command("embed", str(clip), str(tmp_path / "missing.wav"), "--smoke", "--output",
+                                     str(output)), env=_env(tmp_path), capture_output=True, text=True, timeout=600)
+    assert result.returncode == 1 and "1 failed" in result.stderr
+    data = np.load(output)
+    audio, rate = soundfile.read(clip)
+    windows = -(-len(audio) // (10 * rate))
+    assert data["llm_embedding"].shape[0] == data["beats_embedding"].shape[0] == len(data["start"]) == windows
+    assert np.isfinite(data["llm_embedding"]).all() and data["llm_embedding"].std() > 0
+    assert set(data["path"]) == {str(clip)}
+
+    parquet = tmp_path / "embeddings.parquet"
+    result = subprocess.run(_command("embed", str(clip), str(tmp_path / "missing.wav"), "--smoke", "--output",
+                                     str(parquet)), env=_env(tmp_path), capture_output=True, text=True, timeout=600)
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(parquet).to_pydict()
+    assert len(table["file"]) == windows + 1 and table["error"].count(None) == windows
