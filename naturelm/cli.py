@@ -1,4 +1,4 @@
-"""The `naturelm` command: `convert` an original checkpoint, `infer` over recordings."""
+"""The `naturelm` command: `convert` an original checkpoint, `infer` over recordings, `evaluate` on BEANS-Zero."""
 
 import argparse
 import json
@@ -11,6 +11,8 @@ import soxr
 import torch
 
 from .convert import DTYPES, ConversionError, convert
+from .evaluation.commands import add_evaluate_parser
+from .evaluation.errors import EvaluationError
 from .loading import RELEASED_BASE_MODEL, RELEASED_MODEL, WeightsUnavailableError, load_model
 
 AUDIO_EXTENSIONS = {".wav", ".flac", ".mp3", ".ogg", ".opus"}
@@ -113,6 +115,8 @@ def build_parser() -> argparse.ArgumentParser:
     infer.add_argument("--smoke", action="store_true",
                        help="run on a tiny random model instead of the released weights (pipeline check only)")
     infer.set_defaults(func=_infer)
+
+    add_evaluate_parser(commands)
     return parser
 
 
@@ -120,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
-    except (WeightsUnavailableError, ConversionError) as error:
+    except (WeightsUnavailableError, ConversionError, EvaluationError) as error:
         print(f"naturelm: {error}", file=sys.stderr)
         return 2
     return 0
