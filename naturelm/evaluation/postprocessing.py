@@ -4,7 +4,9 @@ Turning free-text answers into labels, as the official `beans-zero` evaluation d
 Every answer is cut at the first `<|end_of_text|>` and snapped to the nearest candidate label by Levenshtein
 distance. The candidates of a component are its distinct reference answers (for detection whole answers such as
 `"Blue Jay, Ovenbird"`, plus `"None"`). A detection answer is split at commas and each stripped part is snapped on
-its own; a part farther than `MAX_DETECTION_DISTANCE` edits from every candidate becomes `"None"`.
+its own; a part farther than `MAX_DETECTION_DISTANCE` edits from every candidate becomes `"None"`. Parts are compared
+with whole reference answers, as in the official package, so a correct single species only survives if it is some
+row's whole answer (in BEANS-Zero nearly every species is).
 
 Tie-breaking (deterministic, unlike the official package, which takes whichever of the equally near labels a Python
 `set` happens to yield first): among equally near candidates the one that sorts first (Python string order, i.e. by

@@ -34,8 +34,9 @@ Returns:
     CIDEr (`float`, 0-10 scale), SPICE and SPIDEr (`float` or `None`), SPICE_missing (`str`, only when missing).
 Examples:
     >>> metric = evaluate.load("naturelm/evaluation/metrics/beans_zero_captioning")
-    >>> metric.compute(predictions=["a dog barks"], references=["a dog barks"], compute_spice=False)["CIDEr"]
-    0.0
+    >>> captions = ["a dog barks", "a bird sings"]
+    >>> round(metric.compute(predictions=captions, references=captions, compute_spice=False)["CIDEr"], 2)
+    7.5
 """
 
 

@@ -21,8 +21,8 @@ _DESCRIPTION = """\
 Scores free-text answers to a BEANS-Zero detection component (which species are present, comma-separated, or
 "None") as the official `beans-zero` package (v1.0.0) does. Each comma-separated part of an answer is cut at
 `<|end_of_text|>` and snapped to the nearest candidate answer by Levenshtein distance, or to "None" when farther than 5
-edits (candidates: the component's distinct references plus "None"; equally near candidates resolve to the one that
-sorts first). Answers and references become multi-hot vectors over the labels (the comma-separated parts of the
+edits (candidates: the component's distinct references plus "None", i.e. whole answers such as "Blue Jay, Ovenbird";
+equally near candidates resolve to the one that sorts first). Answers and references become multi-hot vectors over the labels (the comma-separated parts of the
 references). mAP: mean over labels of the average precision, ranking tied 0/1 scores with torch.sort as the official
 package does; F1, Recall, Precision: per-label binary scores, macro-averaged.
 """
@@ -38,7 +38,7 @@ Returns:
     mAP, F1, Recall, Precision (`float` in [0, 1]).
 Examples:
     >>> metric = evaluate.load("naturelm/evaluation/metrics/beans_zero_detection")
-    >>> metric.compute(predictions=["Blue Jay, Ovenbrd", "none"], references=["Blue Jay, Ovenbird", "None"])["F1"]
+    >>> metric.compute(predictions=["Blue Jay", "Ovenbrd", "none"], references=["Blue Jay", "Ovenbird", "None"])["F1"]
     1.0
 """
 
