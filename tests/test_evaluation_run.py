@@ -267,3 +267,13 @@ def test_cli_score_reproduces_the_official_metrics(beans_metrics_dir, tmp_path, 
     assert "| watkins" in capsys.readouterr().out
     assert main(["evaluate", "score", str(tmp_path / "missing.jsonl")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_evaluate_without_the_eval_extra_says_how_to_install_it(beans_metrics_dir, monkeypatch, capsys):
+    import importlib.util
+
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "Levenshtein" else find_spec(name, *a))
+    assert main(["evaluate", "score", str(beans_metrics_dir / "predictions.jsonl")]) == 2
+    error = capsys.readouterr().err
+    assert "needs Levenshtein" in error and "naturelm[eval]" in error

@@ -1,38 +1,49 @@
 """BEANS-Zero evaluation: the official answer matching and metrics as shipped `evaluate` modules, scoring of any
-predictions file, and the model run over the benchmark (`naturelm evaluate beans-zero`)."""
+predictions file, and the model run over the benchmark (`naturelm evaluate beans-zero`).
 
-from .captioning import captioning_metrics, cider_d, spice_unavailable_reason
-from .classification import classification_metrics
-from .components import COMPONENTS, BeansZeroComponent, get_component, instruction_for
-from .detection import detection_metrics
-from .errors import EvaluationError
-from .metrics import load_metric, metric_path
-from .postprocessing import LabelMatcher, candidate_labels, match_predictions
-from .predictions import BadRow, PredictionsWriter, completed_ids, read_predictions
-from .scoring import BeansZeroReport, read_label_sets, score_file, score_predictions
+Needs the `eval` extra (`datasets`, `evaluate`, `Levenshtein`); names are imported on first use, so that importing
+`naturelm` (and running `naturelm infer`) does not need it.
+"""
 
-__all__ = [
-    "COMPONENTS",
-    "BadRow",
-    "BeansZeroComponent",
-    "BeansZeroReport",
-    "EvaluationError",
-    "LabelMatcher",
-    "PredictionsWriter",
-    "candidate_labels",
-    "captioning_metrics",
-    "cider_d",
-    "classification_metrics",
-    "completed_ids",
-    "detection_metrics",
-    "get_component",
-    "instruction_for",
-    "load_metric",
-    "match_predictions",
-    "metric_path",
-    "read_label_sets",
-    "read_predictions",
-    "score_file",
-    "score_predictions",
-    "spice_unavailable_reason",
-]
+import importlib
+
+_EXPORTS = {
+    "captioning_metrics": "captioning",
+    "cider_d": "captioning",
+    "spice_unavailable_reason": "captioning",
+    "classification_metrics": "classification",
+    "COMPONENTS": "components",
+    "BeansZeroComponent": "components",
+    "get_component": "components",
+    "instruction_for": "components",
+    "detection_metrics": "detection",
+    "EvaluationError": "errors",
+    "load_metric": "metrics",
+    "metric_path": "metrics",
+    "LabelMatcher": "postprocessing",
+    "candidate_labels": "postprocessing",
+    "match_predictions": "postprocessing",
+    "BadRow": "predictions",
+    "PredictionsWriter": "predictions",
+    "completed_ids": "predictions",
+    "read_predictions": "predictions",
+    "BeansZeroReport": "scoring",
+    "read_label_sets": "scoring",
+    "score_file": "scoring",
+    "score_predictions": "scoring",
+}
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(list(globals()) + list(_EXPORTS))
+
+
+__all__ = sorted(_EXPORTS)

@@ -14,20 +14,42 @@ TABLE_FILE = "metrics.md"
 LABELS_FILE = "labels.json"
 
 
+EVAL_PACKAGES = ("datasets", "evaluate", "Levenshtein")
+
+
+def _require_eval_extra() -> None:
+    """Stops with an installation hint when the `eval` extra is missing."""
+    import importlib.util
+
+    from .errors import EvaluationError
+
+    missing = [name for name in EVAL_PACKAGES if importlib.util.find_spec(name) is None]
+    if missing:
+        raise EvaluationError(
+            f"`naturelm evaluate` needs {', '.join(missing)}: pip install 'naturelm[eval]' (or -e '.[eval]')."
+        )
+
+
 def _log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
 def _write_report(report, json_path: Path, table_path: Path | None) -> None:
-    report.write_json(json_path)
+    from .errors import EvaluationError
+
     table = report.format_table()
-    if table_path is not None:
-        table_path.write_text(table + "\n", encoding="utf-8")
+    try:
+        report.write_json(json_path)
+        if table_path is not None:
+            table_path.write_text(table + "\n", encoding="utf-8")
+    except OSError as error:
+        raise EvaluationError(f"Cannot write the metrics ({error}); choose a writable place (--output, --output-dir).") from error
     print(table)
     _log(f"Wrote {json_path}" + (f" and {table_path}" if table_path is not None else ""))
 
 
 def _beans_zero(args: argparse.Namespace) -> None:
+    _require_eval_extra()
     import torch
 
     from ..convert import DTYPES
@@ -65,6 +87,7 @@ def _beans_zero(args: argparse.Namespace) -> None:
 
 
 def _score(args: argparse.Namespace) -> None:
+    _require_eval_extra()
     from .scoring import read_label_sets, score_file
 
     label_sets = read_label_sets(args.labels) if args.labels else None
