@@ -13,7 +13,7 @@ import torch
 
 from naturelm.cli import main
 from naturelm.evaluation import COMPONENTS, EvaluationError, score_file
-from naturelm.evaluation.components import GENERIC_DETECTION_PROMPT
+from naturelm.evaluation.components import GENERIC_DETECTION_PROMPT, instruction_for
 from naturelm.evaluation.dataset import REQUIRED_COLUMNS, component_label_sets, iter_rows, load_beans_zero
 from naturelm.evaluation.generation import generate_answers
 from naturelm.evaluation.runner import run_beans_zero
@@ -77,6 +77,19 @@ def test_mini_beans_zero_has_the_dataset_schema(mini_beans_zero):
     )
 
 
+def test_components_follow_the_original_evaluation():
+    assert len(COMPONENTS) == 22
+    assert {name: c.clip_seconds for name, c in COMPONENTS.items() if c.clip_seconds != 10} == {
+        "esc50": 5, "watkins": 3, "humbugdb": 3
+    }
+    generic = [name for name, c in COMPONENTS.items() if c.uses_generic_detection_prompt]
+    assert generic == ["enabirds", "rfcx", "dcase"]  # detection with more than 8 labels, "None" included
+    own = "<Audio><AudioHere></Audio> Which of these, if any, are present? Gibbon duet, None"
+    assert instruction_for(COMPONENTS["gibbons"], own + "  ") == own
+    assert instruction_for(COMPONENTS["enabirds"], own) == GENERIC_DETECTION_PROMPT
+    assert instruction_for(COMPONENTS["esc50"], "What is it? ") == "<Audio><AudioHere></Audio> What is it?"
+
+
 def test_loads_save_to_disk_parquet_and_streaming_alike(mini_beans_zero, mini_beans_zero_dir, tmp_path):
     parquet_dir = tmp_path / "parquet"
     parquet_dir.mkdir()
@@ -133,7 +146,8 @@ def test_run_cuts_clips_to_their_component_and_uses_the_original_prompts(tiny, m
         assert batch["input_features"].shape[1] == extractor.num_frames
         assert ((batch["input_ids"] == processor.audio_token_id).sum(dim=1) == processor.num_audio_tokens).all()
         for record, prompt in zip(batch_records, prompts):
-            expected = GENERIC_DETECTION_PROMPT if component.uses_generic_detection_prompt else instructions[record["id"]]
+            own = instructions[record["id"]]
+            expected = GENERIC_DETECTION_PROMPT if component.uses_generic_detection_prompt else own
             assert expected in prompt and prompt.count("<AudioHere>") == 1
     assert len({processor.num_audio_tokens for processor, _, _ in calls}) == 3  # 3-s, 5-s and 10-s clips
 
@@ -273,7 +287,10 @@ def test_evaluate_without_the_eval_extra_says_how_to_install_it(beans_metrics_di
     import importlib.util
 
     find_spec = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "Levenshtein" else find_spec(name, *a))
+    def without_levenshtein(name, *args):
+        return None if name == "Levenshtein" else find_spec(name, *args)
+
+    monkeypatch.setattr(importlib.util, "find_spec", without_levenshtein)
     assert main(["evaluate", "score", str(beans_metrics_dir / "predictions.jsonl")]) == 2
     error = capsys.readouterr().err
     assert "needs Levenshtein" in error and "naturelm[eval]" in error

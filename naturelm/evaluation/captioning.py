@@ -124,7 +124,10 @@ def spice_unavailable_reason(spice_jar: str | os.PathLike | None = None) -> str 
     """Why SPICE cannot run here, or `None` when Java, the jar and its CoreNLP models are all present."""
     jar = find_spice_jar(spice_jar)
     if jar is None:
-        return "SPICE not computed: no SPICE jar (install pycocoevalcap with its Stanford models or set NATURELM_SPICE_JAR)."
+        return (
+            "SPICE not computed: no SPICE jar (install pycocoevalcap with its Stanford models, or set "
+            "NATURELM_SPICE_JAR)."
+        )
     if not jar.is_file():
         return f"SPICE not computed: {jar} does not exist."
     if not (jar.parent / SPICE_MODELS_JAR).is_file():

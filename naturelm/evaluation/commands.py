@@ -43,7 +43,8 @@ def _write_report(report, json_path: Path, table_path: Path | None) -> None:
         if table_path is not None:
             table_path.write_text(table + "\n", encoding="utf-8")
     except OSError as error:
-        raise EvaluationError(f"Cannot write the metrics ({error}); choose a writable place (--output, --output-dir).") from error
+        message = f"Cannot write the metrics ({error}); choose a writable place (--output, --output-dir)."
+        raise EvaluationError(message) from error
     print(table)
     _log(f"Wrote {json_path}" + (f" and {table_path}" if table_path is not None else ""))
 

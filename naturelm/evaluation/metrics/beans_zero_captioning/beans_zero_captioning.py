@@ -56,5 +56,15 @@ class BeansZeroCaptioning(evaluate.Metric):
             reference_urls=["https://github.com/earthspecies/beans-zero", "https://github.com/salaniz/pycocoevalcap"],
         )
 
-    def _compute(self, predictions, references, spice_jar=None, compute_spice=True, return_per_item=False) -> dict:
+    def _compute(
+        self,
+        predictions: list[str],
+        references: list[str] | list[list[str]],
+        spice_jar: str | None = None,
+        compute_spice: bool = True,
+        return_per_item: bool = False,
+    ) -> dict:
         return captioning_metrics(predictions, references, spice_jar, compute_spice, return_per_item)
+
+
+__all__ = ["BeansZeroCaptioning"]

@@ -55,7 +55,12 @@ class BeansZeroClassification(evaluate.Metric):
             reference_urls=["https://github.com/earthspecies/beans-zero"],
         )
 
-    def _compute(self, predictions, references, label_set=None, match=True) -> dict[str, float]:
+    def _compute(
+        self, predictions: list[str], references: list[str], label_set: list[str] | None = None, match: bool = True
+    ) -> dict[str, float]:
         if match:
             predictions = match_predictions(predictions, "classification", label_set, references)
         return classification_metrics(predictions, references)
+
+
+__all__ = ["BeansZeroClassification"]

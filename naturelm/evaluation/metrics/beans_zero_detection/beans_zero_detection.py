@@ -20,11 +20,12 @@ _CITATION = """\
 _DESCRIPTION = """\
 Scores free-text answers to a BEANS-Zero detection component (which species are present, comma-separated, or
 "None") as the official `beans-zero` package (v1.0.0) does. Each comma-separated part of an answer is cut at
-`<|end_of_text|>` and snapped to the nearest candidate answer by Levenshtein distance, or to "None" when farther than 5
-edits (candidates: the component's distinct references plus "None", i.e. whole answers such as "Blue Jay, Ovenbird";
-equally near candidates resolve to the one that sorts first). Answers and references become multi-hot vectors over the labels (the comma-separated parts of the
-references). mAP: mean over labels of the average precision, ranking tied 0/1 scores with torch.sort as the official
-package does; F1, Recall, Precision: per-label binary scores, macro-averaged.
+`<|end_of_text|>` and snapped to the nearest candidate answer by Levenshtein distance, or to "None" when farther than
+5 edits (candidates: the component's distinct references plus "None", i.e. whole answers such as "Blue Jay,
+Ovenbird"; equally near candidates resolve to the one that sorts first). Answers and references become multi-hot
+vectors over the labels (the comma-separated parts of the references). mAP: mean over labels of the average
+precision, ranking tied 0/1 scores with torch.sort as the official package does; F1, Recall, Precision: per-label
+binary scores, macro-averaged.
 """
 
 _KWARGS_DESCRIPTION = """
@@ -56,7 +57,12 @@ class BeansZeroDetection(evaluate.Metric):
             reference_urls=["https://github.com/earthspecies/beans-zero"],
         )
 
-    def _compute(self, predictions, references, label_set=None, match=True) -> dict[str, float]:
+    def _compute(
+        self, predictions: list[str], references: list[str], label_set: list[str] | None = None, match: bool = True
+    ) -> dict[str, float]:
         if match:
             predictions = match_predictions(predictions, "detection", label_set, references)
         return detection_metrics(predictions, references, label_set)
+
+
+__all__ = ["BeansZeroDetection"]
