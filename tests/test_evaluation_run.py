@@ -282,6 +282,18 @@ def test_cli_score_reproduces_the_official_metrics(beans_metrics_dir, tmp_path, 
     assert main(["evaluate", "score", str(tmp_path / "missing.jsonl")]) == 2
     assert "does not exist" in capsys.readouterr().err
 
+    records = _lines(beans_metrics_dir / "predictions.jsonl")
+    labels = tmp_path / "labels.json"
+    labels.write_text(json.dumps({name: sorted({r["label"] for r in records if r["dataset_name"] == name})
+                                  for name in official}))
+    args = ["evaluate", "score", str(beans_metrics_dir / "predictions.jsonl"), "--output", str(output)]
+    assert main([*args, "--labels", str(labels)]) == 0
+    with_labels = json.loads(output.read_text())
+    assert with_labels["metrics"] == scored and with_labels["label_sets"] == f"file {labels}"
+    labels.write_text(json.dumps(["esc50"]))
+    assert main([*args, "--labels", str(labels)]) == 2
+    assert "mapping each component" in capsys.readouterr().err
+
 
 def test_evaluate_without_the_eval_extra_says_how_to_install_it(beans_metrics_dir, monkeypatch, capsys):
     import importlib.util

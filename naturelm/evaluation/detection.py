@@ -21,11 +21,11 @@ import torch
 from .components import NO_DETECTION
 
 
-def detection_vocabulary(label_set: Sequence[str]) -> list[str]:
-    """The labels of multi-hot vectors: every comma-separated part of the candidate answers, stripped and sorted,
-    leaving out answers that are `"None"` (any case)."""
+def detection_vocabulary(references: Sequence[str]) -> list[str]:
+    """The labels of multi-hot vectors (official): every comma-separated part of the references, stripped and
+    sorted, leaving out references that are `"None"` (any case)."""
     labels = set()
-    for answer in label_set:
+    for answer in references:
         if answer.lower() != NO_DETECTION.lower():
             labels.update(part.strip() for part in answer.split(","))
     return sorted(labels)
@@ -65,17 +65,14 @@ def average_precision(scores: np.ndarray, targets: np.ndarray) -> np.ndarray:
     return result
 
 
-def detection_metrics(
-    predictions: Sequence[str], references: Sequence[str], label_set: Sequence[str] | None = None
-) -> dict[str, float]:
+def detection_metrics(predictions: Sequence[str], references: Sequence[str]) -> dict[str, float]:
     """
-    Metrics of already matched detection answers.
+    Metrics of already matched detection answers, over the labels of the references (`detection_vocabulary`);
+    predicted labels outside them count for nothing, as in the official package.
 
     Args:
         predictions (`Sequence[str]`): matched answers, `", "`-separated labels or `"None"`.
         references (`Sequence[str]`): the references, as many as predictions.
-        label_set (`Sequence[str]`, *optional*): candidate answers whose parts are the labels; defaults to the
-            references (the official behaviour).
 
     Returns:
         `dict[str, float]` with `mAP`, `F1`, `Recall` and `Precision`.
@@ -84,7 +81,7 @@ def detection_metrics(
         raise ValueError(f"Got {len(predictions)} predictions but {len(references)} references.")
     if not references:
         raise ValueError("Cannot score an empty set of predictions.")
-    labels = detection_vocabulary(references if label_set is None else label_set)
+    labels = detection_vocabulary(references)
     if not labels:
         raise ValueError("The references name no label (all are 'None'), so there is nothing to detect.")
     index = {label: i for i, label in enumerate(labels)}

@@ -32,8 +32,8 @@ _KWARGS_DESCRIPTION = """
 Args:
     predictions (`list` of `str`): the model's answers, as generated.
     references (`list` of `str`): the expected answers, e.g. "Blue Jay, Ovenbird" or "None".
-    label_set (`list` of `str`, *optional*): candidate answers (their comma-separated parts are the labels);
-        defaults to the distinct references (the official behaviour).
+    label_set (`list` of `str`, *optional*): the candidate answers parts are snapped to; defaults to the distinct
+        references (the official behaviour). The metrics are always over the labels of the references.
     match (`bool`, defaults to `True`): snap answers to labels first; `False` scores them verbatim.
 Returns:
     mAP, F1, Recall, Precision (`float` in [0, 1]).
@@ -62,7 +62,7 @@ class BeansZeroDetection(evaluate.Metric):
     ) -> dict[str, float]:
         if match:
             predictions = match_predictions(predictions, "detection", label_set, references)
-        return detection_metrics(predictions, references, label_set)
+        return detection_metrics(predictions, references)
 
 
 __all__ = ["BeansZeroDetection"]
