@@ -306,3 +306,10 @@ def test_evaluate_without_the_eval_extra_says_how_to_install_it(beans_metrics_di
     assert main(["evaluate", "score", str(beans_metrics_dir / "predictions.jsonl")]) == 2
     error = capsys.readouterr().err
     assert "needs Levenshtein" in error and "naturelm[eval]" in error
+
+
+def test_cli_without_the_dataset_explains_how_to_get_it(tmp_path):
+    process = _cli(["evaluate", "beans-zero", "--smoke", "--output-dir", str(tmp_path / "out")], tmp_path)
+    _, stderr = process.communicate(timeout=300)
+    assert process.returncode == 2 and "Traceback" not in stderr
+    assert "EarthSpeciesProject/BEANS-Zero" in stderr and "save_to_disk" in stderr and "--dataset" in stderr

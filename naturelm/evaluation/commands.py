@@ -106,6 +106,7 @@ def _components(text: str) -> list[str]:
 
 def add_evaluate_parser(commands: argparse._SubParsersAction) -> None:
     """Adds `evaluate beans-zero` and `evaluate score` to the `naturelm` command."""
+    from ..convert import DTYPES
     from ..loading import RELEASED_BASE_MODEL, RELEASED_MODEL
 
     evaluate = commands.add_parser("evaluate", help="BEANS-Zero benchmark: run a model, or score a predictions file")
@@ -130,7 +131,7 @@ def add_evaluate_parser(commands: argparse._SubParsersAction) -> None:
     run.add_argument("--model", default=RELEASED_MODEL,
                      help="converted folder, original checkpoint folder or hub id (default: the released model)")
     run.add_argument("--base-model", default=RELEASED_BASE_MODEL, help="base Llama for original checkpoints")
-    run.add_argument("--dtype", choices=["bf16", "fp16", "fp32"], default="bf16")
+    run.add_argument("--dtype", choices=sorted(DTYPES), default="bf16")
     run.add_argument("--merging-alpha", type=float, default=None)
     run.add_argument("--device", help="torch device (default: cuda when available, else cpu)")
     run.add_argument("--batch-size", type=int, default=8)

@@ -6,6 +6,9 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from ..modeling_naturelm import NatureLMForConditionalGeneration
+from ..processing_naturelm import NatureLMProcessor
+
 # The original BEANS-Zero run (NatureLM-audio `configs/inference.yml`): beam search with 2 beams, no sampling, up to
 # 300 new tokens, no repetition or length penalty. Its `min_length: 1` is a no-op for a prompt of several tokens.
 DEFAULT_MAX_NEW_TOKENS = 300
@@ -13,8 +16,8 @@ DEFAULT_NUM_BEAMS = 2
 
 
 def generate_answers(
-    model,
-    processor,
+    model: NatureLMForConditionalGeneration,
+    processor: NatureLMProcessor,
     prompts: Sequence[str],
     clips: Sequence[np.ndarray],
     sampling_rate: int,

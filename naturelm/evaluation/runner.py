@@ -1,7 +1,7 @@
 """
 Running a model over BEANS-Zero rows into a predictions file, the way the original evaluation did: each clip cut or
-zero-padded to its component's length, the generic prompt for detection components with many labels, greedy beam
-search; batches are formed within a component and appended to the file as soon as they are answered, so that a run
+zero-padded to its component's length, the generic prompt for detection components with many labels, deterministic
+beam search; batches are formed within a component and appended to the file as soon as they are answered, so that a run
 can be killed and resumed (`resume=True` skips the ids already in the file).
 """
 
@@ -14,6 +14,8 @@ from pathlib import Path
 import torch
 
 from ..feature_extraction_naturelm import resample
+from ..modeling_naturelm import NatureLMForConditionalGeneration
+from ..processing_naturelm import NatureLMProcessor
 from .dataset import BeansZeroExample, parse_row
 from .errors import EvaluationError
 from .generation import DEFAULT_MAX_NEW_TOKENS, DEFAULT_NUM_BEAMS, generate_answers
@@ -23,7 +25,7 @@ from .predictions import BadRow, PredictionsWriter, completed_ids
 @dataclass
 class RunSummary:
     """What a run did: rows answered now, rows found bad now, rows skipped because the file already had them, and
-    the bad rows without an id (they cannot be recorded in the file, so they are only reported)."""
+    the bad rows the file cannot record (no id, or an id used twice), which are only reported."""
 
     answered: int = 0
     bad: int = 0
@@ -31,7 +33,7 @@ class RunSummary:
     unrecorded_bad_rows: list[BadRow] = field(default_factory=list)
 
 
-def processor_for_clip_length(processor, seconds: float):
+def processor_for_clip_length(processor: NatureLMProcessor, seconds: float) -> NatureLMProcessor:
     """A copy of `processor` whose feature extractor cuts or pads clips to `seconds` (and whose prompts therefore
     expand to that length's number of audio tokens)."""
     extractor = processor.feature_extractor
@@ -42,7 +44,7 @@ def processor_for_clip_length(processor, seconds: float):
     return resized
 
 
-def render_prompt(processor, instruction: str) -> str:
+def render_prompt(processor: NatureLMProcessor, instruction: str) -> str:
     """The chat prompt for an instruction that already holds its audio placeholder."""
     return processor.apply_chat_template(
         [{"role": "user", "content": instruction}], add_generation_prompt=True, tokenize=False
@@ -50,8 +52,8 @@ def render_prompt(processor, instruction: str) -> str:
 
 
 def run_beans_zero(
-    model,
-    processor,
+    model: NatureLMForConditionalGeneration,
+    processor: NatureLMProcessor,
     rows: Iterable[dict],
     predictions_path: str | os.PathLike,
     batch_size: int = 8,
@@ -92,7 +94,7 @@ def run_beans_zero(
     previous = completed_ids(path) if resume else set()
     seen: set[str] = set()
     summary = RunSummary()
-    processors: dict[float, object] = {}
+    processors: dict[float, NatureLMProcessor] = {}
     pending: dict[str, list[BeansZeroExample]] = {}
 
     with PredictionsWriter(path) as writer:
