@@ -1,4 +1,5 @@
-"""The `naturelm` command: `convert` an original checkpoint, `infer` over recordings, `embed` them."""
+"""The `naturelm` command: `convert` an original checkpoint, `infer` over recordings, `embed` them, `evaluate` on
+BEANS-Zero."""
 
 import argparse
 import sys
@@ -7,6 +8,8 @@ from pathlib import Path
 from .audio import find_audio_files
 from .convert import DTYPES, ConversionError, convert
 from .embed import embed_files, write_embeddings
+from .evaluation.commands import add_evaluate_parser
+from .evaluation.errors import EvaluationError
 from .infer import FORMATS, ResultWriter, run
 from .loading import RELEASED_BASE_MODEL, RELEASED_MODEL, WeightsUnavailableError, load_model
 from .pipeline_naturelm import DEFAULT_QUERY
@@ -117,14 +120,16 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_arguments(embed)
     embed.add_argument("--output", required=True, help="a .parquet or .npz file")
     embed.set_defaults(func=_embed)
+
+    add_evaluate_parser(commands)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return args.func(args)
-    except (WeightsUnavailableError, ConversionError, FileExistsError, ValueError) as error:
+        return args.func(args) or 0
+    except (WeightsUnavailableError, ConversionError, EvaluationError, FileExistsError, ValueError) as error:
         print(f"naturelm: {error}", file=sys.stderr)
         return 2
 

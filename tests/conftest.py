@@ -30,6 +30,28 @@ def audio_dir() -> Path:
 
 
 @pytest.fixture(scope="session")
+def beans_metrics_dir() -> Path:
+    """Official beans-zero metrics of a predictions file (predictions.jsonl + metrics.json)."""
+    return _shared_dir("NATURELM_BEANS_METRICS_DIR", SHARED / "beans_zero_metrics")
+
+
+@pytest.fixture(scope="session")
+def mini_beans_zero(audio_dir):
+    """The mini BEANS-Zero (a `datasets.Dataset` in the BEANS-Zero schema) built from the shared recordings."""
+    from naturelm.evaluation.mini import build_mini_beans_zero
+
+    return build_mini_beans_zero(audio_dir)
+
+
+@pytest.fixture(scope="session")
+def mini_beans_zero_dir(mini_beans_zero, tmp_path_factory) -> Path:
+    """The mini BEANS-Zero saved with `save_to_disk`."""
+    path = tmp_path_factory.mktemp("mini_beans_zero") / "dataset"
+    mini_beans_zero.save_to_disk(str(path))
+    return path
+
+
+@pytest.fixture(scope="session")
 def reference(parity_dir) -> dict[str, torch.Tensor]:
     return load_file(parity_dir / "reference_outputs.safetensors")
 
