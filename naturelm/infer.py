@@ -166,7 +166,7 @@ def run(
             probabilities = score_candidate_labels(model, processor, windows, labels).cpu().tolist()
             results = [rank_labels(labels, p) for p in probabilities]
         else:
-            results = [{"text": t} for t in generate_answers(model, processor, windows, **generate_kwargs)]
+            results = [{"text": t.strip()} for t in generate_answers(model, processor, windows, **generate_kwargs)]
         for (state, index, window), result in zip(pending, results):
             state.rows[index] = {"start": round(window.start, 6), "end": round(window.end, 6), **result}
             bar.update(round(window.end - window.start, 1))

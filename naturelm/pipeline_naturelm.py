@@ -45,15 +45,14 @@ def build_prompt(processor, query: str) -> str:
 
 
 def generate_answers(model, processor, windows: list[AudioWindow], **generate_kwargs) -> list[str]:
-    """Answers for a batch of windows in one `generate` call (left-padded prompts)."""
+    """Answers for a batch of windows in one `generate` call (left-padded prompts), decoded as generated."""
     batch = processor(
         text=[w.prompt for w in windows], audio=[w.audio for w in windows],
         sampling_rate=processor.feature_extractor.sampling_rate,
     ).to(model.device)
     batch["input_features"] = batch["input_features"].to(model.dtype)
     output = model.generate(**batch, **generate_kwargs)
-    texts = processor.batch_decode(output[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)
-    return [text.strip() for text in texts]
+    return processor.batch_decode(output[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)
 
 
 @torch.no_grad()
@@ -226,7 +225,7 @@ class NatureLMPipeline(Pipeline):
             ]
         generate_kwargs.setdefault("max_new_tokens", 50)
         texts = generate_answers(self.model, self.processor, windows, **generate_kwargs)
-        return [{"input_index": w.input_index, "start": w.start, "end": w.end, "text": t}
+        return [{"input_index": w.input_index, "start": w.start, "end": w.end, "text": t.strip()}
                 for w, t in zip(windows, texts)]
 
     def postprocess(self, item, outputs: list[dict]) -> dict:

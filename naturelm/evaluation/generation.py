@@ -1,5 +1,5 @@
-"""The one place where the model runs during an evaluation. `generate_answers` is deliberately small so that it can
-be swapped for the batched inference pipeline without touching the rest of the evaluation."""
+"""The one place where the model runs during an evaluation: BEANS-Zero rows through the inference pipeline's batched
+generation (each clip already cut or padded to its component's length by the caller's processor)."""
 
 from collections.abc import Sequence
 
@@ -7,6 +7,8 @@ import numpy as np
 import torch
 
 from ..modeling_naturelm import NatureLMForConditionalGeneration
+from ..pipeline_naturelm import AudioWindow, to_mono_16k
+from ..pipeline_naturelm import generate_answers as pipeline_generate
 from ..processing_naturelm import NatureLMProcessor
 
 # The original BEANS-Zero run (NatureLM-audio `configs/inference.yml`): beam search with 2 beams, no sampling, up to
@@ -42,18 +44,14 @@ def generate_answers(
     """
     if len(prompts) != len(clips):
         raise ValueError(f"Got {len(prompts)} prompts but {len(clips)} clips.")
+    rate = processor.feature_extractor.sampling_rate
+    windows = [AudioWindow(0, 0.0, 0.0, to_mono_16k(clip, sampling_rate, rate), prompt)
+               for prompt, clip in zip(prompts, clips)]
     answers: list[str] = []
-    for start in range(0, len(prompts), batch_size):
-        batch = processor(
-            text=list(prompts[start : start + batch_size]),
-            audio=list(clips[start : start + batch_size]),
-            sampling_rate=sampling_rate,
-        ).to(model.device)
-        with torch.inference_mode():
-            generated = model.generate(
-                **batch, max_new_tokens=max_new_tokens, num_beams=num_beams, do_sample=False
-            )
-        answers += processor.batch_decode(generated[:, batch["input_ids"].shape[1] :], skip_special_tokens=True)
+    with torch.inference_mode():
+        for start in range(0, len(windows), batch_size):
+            answers += pipeline_generate(model, processor, windows[start : start + batch_size],
+                                         max_new_tokens=max_new_tokens, num_beams=num_beams, do_sample=False)
     return answers
 
 
