@@ -19,8 +19,8 @@ AUDIO_EXTENSIONS = (".wav", ".flac", ".mp3", ".ogg", ".opus")
 HEADER = """# 🐦 NatureLM-audio
 An audio-language model for bioacoustics ([paper](https://arxiv.org/abs/2411.07186)): ask what is calling, caption a
 recording, name call types and life stages, or score your own labels. It listens to 10 s at a time."""
-SMOKE_WARNING = ("⚠️ **Smoke mode**: this Space runs a tiny *random* model (`NATURELM_MODEL=tiny`); every answer is "
-                 "meaningless. Point `NATURELM_MODEL` at real weights to use it.")
+SMOKE_WARNING = ("⚠️ **Smoke mode**: this Space runs a tiny *random* model (`NATURELM_MODEL=tiny`); every answer "
+                 "is meaningless. Point `NATURELM_MODEL` at real weights to use it.")
 
 
 def example_recordings(settings: Settings, limit: int = 8) -> list[str]:
@@ -74,16 +74,19 @@ def _long_recording_tab(settings: Settings, alpha: gr.Slider, max_new_tokens: gr
             query = gr.Dropdown(list(PRESETS.values()), value=PRESETS["Species"], allow_custom_value=True,
                                 label="Question asked of every window (pick or type)", elem_id="long-query")
             with gr.Row():
-                window = gr.Slider(1, engine.CLIP_SECONDS, value=engine.CLIP_SECONDS, step=0.5, label="Window (s)")
+                window = gr.Slider(1, engine.CLIP_SECONDS, value=engine.CLIP_SECONDS, step=0.5, label="Window (s)",
+                                   elem_id="long-window")
                 hop = gr.Slider(1, engine.CLIP_SECONDS, value=engine.CLIP_SECONDS, step=0.5, label="Hop (s)",
-                                info="shorter than the window: overlapping windows")
+                                elem_id="long-hop")
+            gr.Markdown("A hop shorter than the window makes overlapping windows (stacked on the timeline).")
             start = gr.Button("Run over the whole recording", variant="primary", elem_id="long-run")
             if examples := example_recordings(settings):
                 gr.Examples([[e] for e in examples], inputs=[audio], label="Example recordings")
         with gr.Column(scale=3):
             summary = gr.Markdown(label="Summary", elem_id="long-summary")
             timeline = gr.Image(label="Spectrogram with the answer of every window", type="filepath",
-                                elem_id="timeline", interactive=False, buttons=["download", "fullscreen"])
+                                elem_id="timeline", interactive=False, show_label=False,
+                                buttons=["download", "fullscreen"])
             table = gr.Dataframe(label="Answers per window", elem_id="long-table", interactive=False)
             with gr.Row():
                 raven = gr.DownloadButton("Raven selection table (.txt)", elem_id="raven-download", interactive=False)

@@ -311,8 +311,9 @@ def _count(number: int, noun: str) -> str:
     return f"{number} {noun}{'' if number == 1 else 's'}"
 
 
-def _output_dir(audio: str) -> Path:
-    return Path(tempfile.mkdtemp(prefix="naturelm-")) / Path(audio).stem
+def _output_file(audio: str, suffix: str) -> Path:
+    """A fresh file named after the recording (`robin.mp3` → `robin.selections.txt`) for the UI to serve."""
+    return Path(tempfile.mkdtemp(prefix="naturelm-")) / f"{Path(audio).stem}{suffix}"
 
 
 def long_recording(audio: str | None, query: str | None, window: float, hop: float, alpha: float,
@@ -326,18 +327,15 @@ def long_recording(audio: str | None, query: str | None, window: float, hop: flo
     if error:
         raise gr.Error(f"{Path(audio).name} {error}.", title="Unreadable audio")
     name = Path(audio).name
-    out = _output_dir(audio)
-    out.mkdir(parents=True)
-    raven, table = out.with_suffix(".selections.txt"), out.with_suffix(".csv")
+    raven, table, picture = (_output_file(audio, suffix) for suffix in (".selections.txt", ".csv", ".png"))
     raven.write_text(format_table(Path(name), rows, "raven"))
     table.write_text(format_table(Path(name), rows, "csv"))
-    picture = out.with_suffix(".png")
     clip = np.concatenate([samples for _, _, samples in stream_windows(Path(audio), 60.0, 60.0)])
     figure_png(plot_windows(clip, SAMPLING_RATE, rows, title=f"{name} — {query}"), picture)
     frame = pd.DataFrame({"start (s)": [r["start"] for r in rows], "end (s)": [r["end"] for r in rows],
                           "answer": [window_label(r) for r in rows]})
-    summary = (f"**{name}**: {_count(len(rows), 'window')} of {window:g} s every {hop:g} s over {duration:.1f} s, "
-               f"{_count(len(set(frame['answer'])), 'distinct answer')}.")
+    summary = (f"**{name}**: {_count(len(rows), 'window')} of {window:g} s every {hop:g} s over "
+               f"{rows[-1]['end']:.1f} s, {_count(len(set(frame['answer'])), 'distinct answer')}.")
     return summary, str(picture), frame, str(raven), str(table)
 
 
@@ -358,9 +356,7 @@ def classify(audio: str | None, labels: str | None, query: str | None, alpha: fl
     per_window = pd.DataFrame({"start (s)": [r["start"] for r in rows], "end (s)": [r["end"] for r in rows],
                                "best label": [r["labels"][0] for r in rows],
                                "probability": [round(r["scores"][0], 4) for r in rows]})
-    out = _output_dir(audio)
-    out.mkdir(parents=True)
-    table = out.with_suffix(".labels.csv")
+    table = _output_file(audio, ".labels.csv")
     table.write_text(format_table(Path(Path(audio).name), rows, "csv"))
     best = bars.iloc[0]
     scope = "the recording" if len(rows) == 1 else f"the mean over {len(rows)} windows of {CLIP_SECONDS:g} s"
@@ -370,6 +366,6 @@ def classify(audio: str | None, labels: str | None, query: str | None, alpha: fl
 
 __all__ = [
     "MODEL", "ON_ZERO_GPU", "PRESETS", "SETTINGS", "ModelHolder", "Settings", "answer_clip", "chat", "check_audio",
-    "check_windows", "classify", "conversation", "default_alpha", "describe_audio", "first_clip", "long_recording", "parse_labels",
-    "run_windows",
+    "check_question", "check_windows", "classify", "conversation", "default_alpha", "describe_audio", "first_clip",
+    "long_recording", "parse_labels", "run_windows",
 ]

@@ -136,7 +136,7 @@ def test_limits_and_mistakes_come_back_as_clear_messages(client, audio_dir, spac
         ((handle_file(long_file), SPECIES, [], 1.0, 5), "/chat", "70.0 s long; this Space takes recordings up to 60 s"),
         ((None, SPECIES, [], 1.0, 5), "/chat", "Upload or record a recording first"),
         ((robin, "  ", [], 1.0, 5), "/chat", "Type a question"),
-        ((robin, SPECIES, 2, 1, 1.0, 5), "/long_recording", "windows over 37.4 s; this Space runs at most 30 per request"),
+        ((robin, SPECIES, 2, 1, 1.0, 5), "/long_recording", "windows over 37.4 s; this Space runs at most 30"),
         ((robin, SPECIES, 10, 0, 1.0, 5), "/long_recording", "Value 0 is less than minimum value 1"),  # the slider
         ((robin, "Gray Wolf", SPECIES, 1.0), "/classify", "at least two labels"),
     ]
