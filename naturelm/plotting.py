@@ -44,7 +44,8 @@ def timeline_lanes(rows: list[dict]) -> list[int]:
     return lanes
 
 
-def plot_windows(audio: np.ndarray, sampling_rate: int, rows: list[dict], title: str | None = None, width: float = 12.0):
+def plot_windows(audio: np.ndarray, sampling_rate: int, rows: list[dict], title: str | None = None,
+                 width: float = 12.0):
     """A figure: the spectrogram of `audio` (mono) on top, and under it one bar per window (`start`, `end` in
     seconds, and `text` or `labels`/`scores` as the pipeline and `naturelm infer` give them) with its answer written
     in it. Windows with the same answer share a colour."""
