@@ -107,3 +107,30 @@ def test_bad_recordings_get_a_reason(tmp_path, audio_dir):
     assert "⚠️ notes.wav cannot be decoded" in engine.describe_audio(str(text))
     with pytest.raises(gr.Error, match="window must be between 0 and 10 s"):
         engine.check_windows(30.0, 12.0, 5.0, settings)
+
+
+def test_space_metadata_and_requirements_match_the_package():
+    import tomllib
+
+    import yaml
+    from packaging.requirements import Requirement
+    from packaging.version import Version
+
+    root = Path(__file__).resolve().parents[1]
+    project = tomllib.loads((root / "pyproject.toml").read_text())["project"]
+    wanted = {Requirement(r).name: Requirement(r) for r in project["dependencies"]
+              + project["optional-dependencies"]["space"]}
+    gradio = wanted.pop("gradio")
+    for test_only in ("gradio-client", "gradio_client", "selenium"):
+        wanted.pop(test_only, None)
+    listed = [Requirement(line) for line in (root / "space" / "requirements.txt").read_text().splitlines()
+              if line.strip() and not line.startswith("#")]
+    assert {r.name: str(r.specifier) for r in listed} == {n: str(r.specifier) for n, r in wanted.items()}
+
+    front = (root / "space" / "README.md").read_text().split("---\n")[1]
+    meta = yaml.safe_load(front)
+    assert meta["sdk"] == "gradio" and Version(meta["sdk_version"]) in gradio.specifier
+    assert meta["app_file"] == "app.py" and (root / "space" / meta["app_file"]).is_file()
+    assert {"title", "emoji", "colorFrom", "colorTo", "python_version", "suggested_hardware", "models", "datasets",
+            "tags"} <= set(meta)
+    assert "EarthSpeciesProject/NatureLM-audio" in meta["models"]
