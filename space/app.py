@@ -16,6 +16,7 @@ import engine  # noqa: E402
 from engine import PRESETS, SETTINGS, Settings  # noqa: E402
 
 AUDIO_EXTENSIONS = (".wav", ".flac", ".mp3", ".ogg", ".opus")
+MODEL_JOBS = "model"  # one concurrency group for every job that runs the model, limited by NATURELM_CONCURRENCY
 HEADER = """# 🐦 NatureLM-audio
 An audio-language model for bioacoustics ([paper](https://arxiv.org/abs/2411.07186)): ask what is calling, caption a
 recording, name call types and life stages, or score your own labels. It listens to 10 s at a time."""
@@ -64,7 +65,7 @@ def _chat_tab(settings: Settings, alpha: gr.Slider, max_new_tokens: gr.Slider) -
     # A new recording starts a new conversation.
     audio.change(lambda a: ([], engine.describe_audio(a)), [audio], [chatbot, info], api_visibility="private")
     gr.on([ask.click, question.submit], engine.chat, [audio, question, chatbot, alpha, max_new_tokens],
-          [chatbot, question], api_name="chat")
+          [chatbot, question], api_name="chat", concurrency_id=MODEL_JOBS)
 
 
 def _long_recording_tab(settings: Settings, alpha: gr.Slider, max_new_tokens: gr.Slider) -> None:
@@ -93,7 +94,7 @@ def _long_recording_tab(settings: Settings, alpha: gr.Slider, max_new_tokens: gr
                 csv = gr.DownloadButton("CSV", elem_id="csv-download", interactive=False)
 
     start.click(engine.long_recording, [audio, query, window, hop, alpha, max_new_tokens],
-                [summary, timeline, table, raven, csv], api_name="long_recording").success(
+                [summary, timeline, table, raven, csv], api_name="long_recording", concurrency_id=MODEL_JOBS).success(
         _enable, None, [raven, csv], api_visibility="private")
 
 
@@ -119,7 +120,8 @@ def _classify_tab(settings: Settings, alpha: gr.Slider) -> None:
                                          interactive=False)
 
     start.click(engine.classify, [audio, labels, query, alpha], [bars, summary, per_window, download],
-                api_name="classify").success(lambda: _enable()[0], None, [download], api_visibility="private")
+                api_name="classify", concurrency_id=MODEL_JOBS).success(
+        lambda: _enable()[0], None, [download], api_visibility="private")
 
 
 def build_demo(settings: Settings = SETTINGS) -> gr.Blocks:

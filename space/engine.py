@@ -273,10 +273,13 @@ def conversation(history: list[dict], question: str) -> list[dict]:
 
 def first_clip(path: str) -> np.ndarray:
     """The first 10 s of a recording, 16 kHz mono (what the chat talks about)."""
+    windows = stream_windows(Path(path), CLIP_SECONDS, CLIP_SECONDS)
     try:
-        return next(stream_windows(Path(path), CLIP_SECONDS, CLIP_SECONDS))[2]
+        return next(windows)[2]
     except AudioError as error:
         raise gr.Error(f"{Path(path).name} {error}.", title="Unreadable audio") from None
+    finally:
+        windows.close()  # closes the file now rather than whenever the generator is collected
 
 
 def chat(audio: str | None, question: str | None, history: list[dict] | None, alpha: float,

@@ -134,3 +134,14 @@ def test_space_metadata_and_requirements_match_the_package():
     assert {"title", "emoji", "colorFrom", "colorTo", "python_version", "suggested_hardware", "models", "datasets",
             "tags"} <= set(meta)
     assert "EarthSpeciesProject/NatureLM-audio" in meta["models"]
+
+
+def test_the_queue_is_bounded_and_shared_by_every_model_job():
+    import app
+
+    demo = app.build_demo(engine.Settings(model="tiny", concurrency=2, queue_size=5))
+    assert demo._queue.max_size == 5 and demo._queue.default_concurrency_limit == 2
+    jobs = {d.api_name: d for d in demo.fns.values() if d.api_name in ("chat", "long_recording", "classify")}
+    assert set(jobs) == {"chat", "long_recording", "classify"}
+    assert {d.concurrency_id for d in jobs.values()} == {app.MODEL_JOBS}
+    assert "smoke-warning" in {getattr(block, "elem_id", None) for block in demo.blocks.values()}
