@@ -161,6 +161,8 @@ demo = build_demo()
 if engine.ON_ZERO_GPU:  # ZeroGPU runs GPU jobs in forked workers: the model must be in place before they fork
     engine.MODEL.get()
 
+__all__ = ["MODEL_JOBS", "build_demo", "demo", "example_recordings"]
+
 if __name__ == "__main__":
     demo.launch(max_file_size=int(SETTINGS.max_file_mb * 2**20),
                 theme=gr.themes.Soft(primary_hue="emerald", secondary_hue="amber"))

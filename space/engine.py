@@ -127,8 +127,11 @@ class ModelHolder:
                 try:
                     model, processor = load_model(s.model, s.base_model, DTYPES[s.dtype], smoke=s.smoke)
                 except WeightsUnavailableError as error:
-                    raise gr.Error(f"The Space cannot load its model. {error}".replace("--model", "NATURELM_MODEL"),
-                                   title="Model unavailable") from error
+                    raise gr.Error(
+                        f"{str(error).splitlines()[0]} Set NATURELM_MODEL to a converted folder or a hub id this "
+                        "Space can read (gated models need an HF_TOKEN secret of an account that accepted their "
+                        "licences), or NATURELM_MODEL=tiny to try the app on a tiny random model.",
+                        title="Model unavailable") from error
                 self._loaded = model.to(s.device), processor
             return self._loaded
 

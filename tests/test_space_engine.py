@@ -145,3 +145,18 @@ def test_the_queue_is_bounded_and_shared_by_every_model_job():
     assert set(jobs) == {"chat", "long_recording", "classify"}
     assert {d.concurrency_id for d in jobs.values()} == {app.MODEL_JOBS}
     assert "smoke-warning" in {getattr(block, "elem_id", None) for block in demo.blocks.values()}
+
+
+def test_a_model_that_cannot_be_loaded_says_what_to_set(tmp_path):
+    holder = engine.ModelHolder(engine.Settings(model=str(tmp_path / "missing")))
+    with pytest.raises(gr.Error, match=r"missing is not a model folder\. Set NATURELM_MODEL to a converted folder"):
+        holder.get()
+    assert not holder.loaded
+
+
+def test_the_tiny_model_loads_once_on_first_use():
+    holder = engine.ModelHolder(engine.Settings(model="tiny", dtype="fp32"))
+    assert not holder.loaded  # nothing happens until a job needs it
+    model, processor = holder.get()
+    assert holder.get()[0] is model and model.device.type == "cpu" and not model.training
+    assert type(processor).__name__ == "NatureLMProcessor"
