@@ -236,7 +236,8 @@ def answer_clip(clip: np.ndarray, messages: list[dict], alpha: float, max_new_to
         model.set_merging_alpha(alpha)
         prompt = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
         window = AudioWindow(0, 0.0, len(clip) / SAMPLING_RATE, clip, prompt)
-        return generate_answers(model, processor, [window], max_new_tokens=int(max_new_tokens), do_sample=False)[0]
+        answer = generate_answers(model, processor, [window], max_new_tokens=int(max_new_tokens), do_sample=False)[0]
+    return answer.strip()
 
 
 @gpu(duration=_window_seconds)

@@ -44,7 +44,7 @@ def _answer(model, clip: np.ndarray, messages: list[dict], alpha: float, max_new
     try:
         prompt = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
         window = AudioWindow(0, 0.0, 10.0, clip, prompt)
-        return generate_answers(net, processor, [window], max_new_tokens=max_new_tokens, do_sample=False)[0]
+        return generate_answers(net, processor, [window], max_new_tokens=max_new_tokens, do_sample=False)[0].strip()
     finally:
         net.set_merging_alpha(1.0)
 
