@@ -80,18 +80,10 @@ class ResultWriter:
             self._sync()
 
     def _write_header(self) -> None:
-        if self.fmt == "csv":
-            self._emit([CSV_COLUMNS])
-        elif self.fmt == "raven":
-            self._emit([RAVEN_COLUMNS])
+        self._emit(table_header(self.fmt))
 
     def _emit(self, records: list) -> None:
-        if self.fmt == "jsonl":
-            text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
-        else:
-            buffer = io.StringIO()
-            csv.writer(buffer, delimiter="\t" if self.fmt == "raven" else ",", lineterminator="\n").writerows(records)
-            text = buffer.getvalue()
+        text = render_records(self.fmt, records)
         self.handle.write(text if self.handle is sys.stdout else text.encode())
 
     def _sync(self) -> None:
@@ -100,18 +92,9 @@ class ResultWriter:
             os.fsync(self.handle.fileno())
 
     def write_file(self, path: Path, rows: list[dict], error: str | None) -> None:
-        if self.fmt == "jsonl":
-            records = [{"file": str(path), "error": error}] if error else [{"file": str(path), **r} for r in rows]
-        elif self.fmt == "csv":
-            records = [[str(path), "", "", "", "", error]] if error else [
-                [str(path), r["start"], r["end"], _answer(r), json.dumps(_probabilities(r)) if "labels" in r else "",
-                 ""] for r in rows]
-        else:
-            records = []
-            for r in rows or [{"start": 0.0, "end": 0.0}]:
-                self.selection += 1
-                answer = f"ERROR: {error}" if error else _answer(r)
-                records.append([self.selection, "Spectrogram 1", 1, r["start"], r["end"], 0, 8000, path.name, answer])
+        records = table_records(self.fmt, path, rows, error, first_selection=self.selection + 1)
+        if self.fmt == "raven":
+            self.selection += len(records)
         self._emit(records)
         self._sync()
         if self.journal is not None:
@@ -126,6 +109,59 @@ class ResultWriter:
             self.journal.close()
 
 
+def table_header(fmt: str) -> list[list[str]]:
+    """The header record of a format (none for JSON lines)."""
+    return {"csv": [CSV_COLUMNS], "raven": [RAVEN_COLUMNS]}.get(fmt, [])
+
+
+def table_records(fmt: str, path: Path, rows: list[dict], error: str | None, first_selection: int = 1) -> list:
+    """One file's records in `fmt`: a dict per window (jsonl) or a list of cells (csv, raven, numbered from
+    `first_selection`); a bad file is one record that carries its `error`."""
+    if fmt == "jsonl":
+        return [{"file": str(path), "error": error}] if error else [{"file": str(path), **r} for r in rows]
+    if fmt == "csv":
+        return [[str(path), "", "", "", "", error]] if error else [
+            [str(path), r["start"], r["end"], _answer(r), json.dumps(_probabilities(r)) if "labels" in r else "", ""]
+            for r in rows]
+    if fmt == "raven":
+        return [
+            [selection, "Spectrogram 1", 1, r["start"], r["end"], 0, 8000, path.name,
+             f"ERROR: {error}" if error else _answer(r)]
+            for selection, r in enumerate(rows or [{"start": 0.0, "end": 0.0}], start=first_selection)
+        ]
+    raise ValueError(f"Unknown format {fmt!r}; choose one of {', '.join(FORMATS)}.")
+
+
+def render_records(fmt: str, records: list) -> str:
+    """Records as the text the format's file holds (JSON lines, comma- or tab-separated)."""
+    if fmt == "jsonl":
+        return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
+    buffer = io.StringIO()
+    csv.writer(buffer, delimiter="\t" if fmt == "raven" else ",", lineterminator="\n").writerows(records)
+    return buffer.getvalue()
+
+
+def format_table(path: Path, rows: list[dict], fmt: str, error: str | None = None) -> str:
+    """A whole table for one recording (header included), byte for byte what `naturelm infer --format FMT` writes
+    for it alone: e.g. a Raven Pro selection table to download from an app."""
+    return render_records(fmt, table_header(fmt) + table_records(fmt, path, rows, error))
+
+
+class MemoryWriter:
+    """Keeps each file's rows (or its error) in memory instead of writing them: `run(..., writer=MemoryWriter())`
+    for apps and notebooks that show or format the results themselves."""
+
+    def __init__(self) -> None:
+        self.done: set[str] = set()
+        self.results: dict[str, tuple[list[dict], str | None]] = {}
+
+    def write_file(self, path: Path, rows: list[dict], error: str | None) -> None:
+        self.results[str(path)] = (rows, error)
+
+    def close(self) -> None:
+        pass
+
+
 def _answer(row: dict) -> str:
     return row["labels"][0] if "labels" in row else row["text"]
 
@@ -138,7 +174,7 @@ def run(
     model,
     processor,
     files: list[Path],
-    writer: ResultWriter,
+    writer: ResultWriter | MemoryWriter,
     query: str,
     labels: list[str] | None = None,
     window_seconds: float = 10.0,

@@ -3,6 +3,12 @@ missing directory fails the run (CI must never skip the parity tests)."""
 
 import json
 import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -71,3 +77,68 @@ def pytest_sessionfinish(session, exitstatus):
     reporter = session.config.pluginmanager.get_plugin("terminalreporter")
     if os.environ.get("CI") and reporter is not None and reporter.stats.get("skipped"):
         session.exitstatus = 1
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(parity_dir, tmp_path_factory) -> Path:
+    """The tiny parity model converted to a transformers folder (fp32), as a Space or notebook user would load it."""
+    from naturelm.convert import convert
+
+    folder = tmp_path_factory.mktemp("tiny_parity_model")
+    convert(parity_dir / "original_checkpoint_full", folder, parity_dir / "base_llama",
+            parity_dir / "qformer_config.json", dtype="fp32")
+    return folder
+
+
+@dataclass
+class SpaceServer:
+    url: str
+    log: Path
+    settings: dict
+
+
+@pytest.fixture(scope="session")
+def space_server(tiny_model_dir, audio_dir, tmp_path_factory):
+    """`python space/app.py` on 127.0.0.1 with the tiny parity model, as a Space runs it (small limits, so that
+    the tests can reach them)."""
+    root = tmp_path_factory.mktemp("space")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    settings = {
+        "NATURELM_MODEL": str(tiny_model_dir), "NATURELM_DTYPE": "fp32", "NATURELM_DEVICE": "cpu",
+        "NATURELM_MAX_FILE_MB": "1", "NATURELM_MAX_SECONDS": "60", "NATURELM_MAX_WINDOWS": "30",
+        "NATURELM_EXAMPLES_DIR": str(audio_dir),
+    }
+    env = {**os.environ, **settings, "GRADIO_SERVER_NAME": "127.0.0.1", "GRADIO_SERVER_PORT": str(port),
+           "GRADIO_ANALYTICS_ENABLED": "False", "GRADIO_TEMP_DIR": str(root / "gradio"), "HF_HUB_OFFLINE": "1",
+           "HF_HOME": str(root / "hf_home"), "MPLCONFIGDIR": str(root / "matplotlib"), "PYTHONUNBUFFERED": "1"}
+    env.pop("SPACES_ZERO_GPU", None)
+    log = root / "space.log"
+    app = Path(__file__).resolve().parents[1] / "space" / "app.py"
+    with open(log, "w") as handle:
+        process = subprocess.Popen([sys.executable, str(app)], cwd=app.parent, env=env, stdout=handle,
+                                   stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        deadline = time.time() + 240
+        while True:
+            if process.poll() is not None:
+                pytest.fail(f"The Space exited with {process.returncode}:\n{log.read_text()}")
+            try:
+                with urllib.request.urlopen(url + "config", timeout=5) as response:
+                    if response.status == 200:
+                        break
+            except OSError:  # not listening yet
+                pass
+            if time.time() > deadline:
+                pytest.fail(f"The Space did not answer on {url} within 240 s:\n{log.read_text()}")
+            time.sleep(0.5)
+        yield SpaceServer(url, log, settings)
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()

@@ -1,0 +1,92 @@
+"""The notebooks as a reader runs them: top to bottom in a fresh kernel (here on the tiny parity model), and
+committed without outputs."""
+
+import csv
+import json
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+nbclient = pytest.importorskip("nbclient", reason="needs the `notebooks` extra: pip install -e '.[notebooks]'")
+import nbformat  # noqa: E402
+
+from naturelm.infer import RAVEN_COLUMNS  # noqa: E402
+
+NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
+
+
+def test_notebooks_are_committed_without_outputs():
+    paths = sorted(NOTEBOOKS.glob("*.ipynb"))
+    assert "01_quickstart.ipynb" in [p.name for p in paths]
+    for path in paths:
+        notebook = nbformat.read(path, as_version=4)
+        nbformat.validate(notebook)
+        assert notebook.metadata.kernelspec.name == "python3", path.name
+        for index, cell in enumerate(notebook.cells):
+            if cell.cell_type == "code":
+                assert cell.outputs == [] and cell.execution_count is None, (
+                    f"{path.name} cell {index} holds outputs; clear them before committing "
+                    "(jupyter nbconvert --clear-output --inplace, or Edit → Clear all outputs)")
+
+
+@pytest.fixture
+def kernel_env(tmp_path, monkeypatch) -> Path:
+    """A `python3` kernel that is this very interpreter (not whatever else the machine has registered), with its
+    state under `tmp_path`."""
+    spec = tmp_path / "jupyter" / "kernels" / "python3"
+    spec.mkdir(parents=True)
+    (spec / "kernel.json").write_text(json.dumps({
+        "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+        "display_name": "Python 3", "language": "python",
+    }))
+    monkeypatch.setenv("JUPYTER_PATH", str(tmp_path / "jupyter"))
+    for name in ("IPYTHONDIR", "MPLCONFIGDIR", "HF_HOME"):
+        monkeypatch.setenv(name, str(tmp_path / name.lower()))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.delenv("MPLBACKEND", raising=False)
+    return tmp_path
+
+
+def _run(name: str, workdir: Path) -> nbformat.NotebookNode:
+    notebook = nbformat.read(NOTEBOOKS / name, as_version=4)
+    client = nbclient.NotebookClient(notebook, timeout=600, kernel_name="python3",
+                                     resources={"metadata": {"path": str(workdir)}})
+    try:
+        client.execute()
+    finally:  # the executed notebook is a test artefact, errors and all
+        artifacts = Path(os.environ.get("NATURELM_TEST_ARTIFACTS", Path(__file__).parent / "artifacts"))
+        (artifacts / "notebooks").mkdir(parents=True, exist_ok=True)
+        nbformat.write(notebook, artifacts / "notebooks" / name)
+    return notebook
+
+
+def _outputs(notebook, mime: str) -> list:
+    return [o["data"][mime] for cell in notebook.cells if cell.cell_type == "code"
+            for o in cell.outputs if mime in o.get("data", {})]
+
+
+def test_quickstart_runs_top_to_bottom_on_the_tiny_model(tiny_model_dir, audio_dir, kernel_env, monkeypatch):
+    recording = audio_dir / "yell-YELLAMRO20160506SM3.mp3"  # 37 s: seven 10-s windows every 5 s
+    workdir = kernel_env / "work"
+    workdir.mkdir()
+    monkeypatch.setenv("NATURELM_MODEL", str(tiny_model_dir))
+    monkeypatch.setenv("NATURELM_AUDIO", str(recording))
+    monkeypatch.setenv("NATURELM_MAX_NEW_TOKENS", "8")
+
+    notebook = _run("01_quickstart.ipynb", workdir)
+
+    text = "".join(o.get("text", "") for cell in notebook.cells if cell.cell_type == "code" for o in cell.outputs)
+    assert f"model folder: {tiny_model_dir}" in text
+    for task in ("species", "caption", "call type", "life stage", "detection"):
+        assert f"{task:>10}: " in text
+    assert "α = 0.5:" in text and "α = 1.0:" in text
+    assert len(_outputs(notebook, "image/png")) == 2  # the spectrogram timeline and the label bars
+    assert any("American Robin" in html for html in _outputs(notebook, "text/html"))  # the label table
+
+    selections = workdir / f"{recording.stem}.selections.txt"
+    rows = list(csv.reader(selections.read_text().splitlines(), delimiter="\t"))
+    assert rows[0] == RAVEN_COLUMNS
+    assert [float(r[3]) for r in rows[1:]] == [0.0, 5.0, 10.0, 15.0, 20.0, 25.0, 30.0]
+    assert {r[7] for r in rows[1:]} == {recording.name}
