@@ -548,7 +548,10 @@ class NatureLMForConditionalGeneration(NatureLMPreTrainedModel, GenerationMixin)
     def save_pretrained(self, save_directory, *args, state_dict: dict | None = None, **kwargs) -> None:
         """With an adapter loaded, saves the peft adapter and, beside it, the base weights under their plain names
         (like Granite Speech), so `from_pretrained` on the folder restores both. A given `state_dict` (e.g. the
-        weights DeepSpeed ZeRO-3 gathered from every rank) is saved instead of this process's own."""
+        weights DeepSpeed ZeRO-3 gathered from every rank) is saved instead of this process's own. Weights are saved
+        under the model's own names: reverting the key conversions of loading would re-add the peft prefix the adapter
+        loading registered, and legacy names."""
+        kwargs.setdefault("save_original_format", False)
         if not getattr(self, "_hf_peft_config_loaded", False):
             super().save_pretrained(save_directory, *args, state_dict=state_dict, **kwargs)
             return

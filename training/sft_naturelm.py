@@ -16,6 +16,8 @@ accelerate launch --config_file training/accelerate/cpu.yaml training/sft_nature
 ```
 """
 
+import os
+
 from transformers.trainer_utils import get_last_checkpoint
 from trl import ModelConfig, SFTConfig, TrlParser
 
@@ -56,12 +58,10 @@ def build_trainer(naturelm_args, training_args, model_args, data_args) -> Nature
     )
 
 
-def main(naturelm_args, training_args, model_args, data_args) -> None:
-    trainer = build_trainer(naturelm_args, training_args, model_args, data_args)
-
+def train_and_save(trainer: NatureLMSFTTrainer, naturelm_args, training_args) -> None:
     resume = training_args.resume_from_checkpoint
     if isinstance(resume, str) and resume.lower() in ("true", "last"):  # the latest checkpoint, if there is one
-        resume = get_last_checkpoint(training_args.output_dir)
+        resume = get_last_checkpoint(training_args.output_dir) if os.path.isdir(training_args.output_dir) else None
     trainer.train(resume_from_checkpoint=resume)
 
     # A remote-code folder: base weights, the LoRA adapter beside them, processor and code files.
@@ -76,6 +76,11 @@ def main(naturelm_args, training_args, model_args, data_args) -> None:
     if training_args.push_to_hub:
         trainer.push_to_hub()
     trainer.end()
+
+
+def main(naturelm_args, training_args, model_args, data_args) -> None:
+    trainer = build_trainer(naturelm_args, training_args, model_args, data_args)
+    train_and_save(trainer, naturelm_args, training_args)
 
 
 if __name__ == "__main__":

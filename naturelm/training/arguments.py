@@ -6,7 +6,9 @@ parts, which towers to train, and the audio datasets with their augmentations.
 """
 
 import dataclasses
+import json
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from trl.scripts.utils import DatasetConfig, DatasetMixtureConfig
 
@@ -28,6 +30,8 @@ class NatureLMArguments:
         train_audio_encoder (`bool`, defaults to `False`): fine-tune BEATs (the paper does, in both stages).
         train_audio_projector (`bool`, defaults to `True`): train the window Q-Former, its queries and projection.
         train_language_model (`bool`, defaults to `False`): fully fine-tune the Llama weights (besides any LoRA).
+        qformer_config (`str`, *optional*): Q-Former sizes of a fresh model, as a JSON file or string (e.g.
+            `{"hidden_size": 768, "num_hidden_layers": 2}`); defaults to the original's bert-base sizes.
         merged_output_dir (`str`, *optional*): also save a copy with the LoRA adapter merged into the weights here.
     """
 
@@ -41,6 +45,15 @@ class NatureLMArguments:
     train_audio_encoder: bool = field(default=False, metadata={"help": "Fine-tune the BEATs audio encoder."})
     train_audio_projector: bool = field(default=True, metadata={"help": "Train the window Q-Former projector."})
     train_language_model: bool = field(default=False, metadata={"help": "Fully fine-tune the Llama weights."})
+
+    def qformer_overrides(self) -> dict | None:
+        if self.qformer_config is None:
+            return None
+        text = self.qformer_config
+        return json.loads(text if text.lstrip().startswith("{") else Path(text).read_text())
+    qformer_config: str | None = field(
+        default=None, metadata={"help": "Q-Former sizes of a fresh model (JSON file or string); bert-base if unset."}
+    )
     merged_output_dir: str | None = field(
         default=None, metadata={"help": "Also save a copy with the LoRA adapter merged into the weights here."}
     )
@@ -84,7 +97,8 @@ class AudioDataArguments(DatasetMixtureConfig):
     The datasets, how they are mixed and the paper's augmentations.
 
     Args:
-        datasets (`list[AudioDatasetConfig]`): the sources (YAML list of mappings).
+        datasets (`list[AudioDatasetConfig]`): the sources: a YAML list of mappings, or on the command line paths
+            and JSON objects (`--datasets data/mine '{"path": "data/other", "weight": 0.5}'`).
         streaming (`bool`, defaults to `False`): stream every source (large sets; needs `max_steps`).
         test_split_size (`float`, *optional*): hold out this share (or count) of a map-style mixture for evaluation.
         stopping_strategy (`str`, defaults to `"all_exhausted"`): `datasets.interleave_datasets` strategy of a mixture.
@@ -128,6 +142,8 @@ class AudioDataArguments(DatasetMixtureConfig):
     def __post_init__(self):
         allowed = {f.name for f in dataclasses.fields(AudioDatasetConfig)}
         for index, entry in enumerate(self.datasets):
+            if isinstance(entry, AudioDatasetConfig) and entry.path.lstrip().startswith("{"):
+                entry = json.loads(entry.path)  # `--datasets '{"path": ..., "weight": ...}'` on the command line
             if isinstance(entry, dict):
                 unknown = sorted(set(entry) - allowed)
                 if unknown:

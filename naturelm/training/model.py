@@ -50,7 +50,10 @@ def load_model_for_training(
         raise ValueError("No starting weights: set model_name_or_path (a NatureLM checkpoint) or "
                          "audio_encoder_name_or_path + text_model_name_or_path (BEATs + Llama).")
     return build_model_from_parts(
-        naturelm_args.text_model_name_or_path, naturelm_args.audio_encoder_name_or_path, dtype=dtype
+        naturelm_args.text_model_name_or_path,
+        naturelm_args.audio_encoder_name_or_path,
+        dtype=dtype,
+        qformer_config=naturelm_args.qformer_overrides(),
     )
 
 
