@@ -19,13 +19,14 @@ accelerate launch --config_file training/accelerate/cpu.yaml training/sft_nature
 import os
 
 from transformers.trainer_utils import get_last_checkpoint
-from trl import ModelConfig, SFTConfig, TrlParser
+from trl import ModelConfig, SFTConfig
 
 from naturelm import NatureLMForConditionalGeneration
 from naturelm.training import (
     AudioDataArguments,
     NatureLMArguments,
     NatureLMDataCollator,
+    NatureLMParser,
     NatureLMSFTTrainer,
     configure_trainable_parameters,
     load_model_for_training,
@@ -34,11 +35,12 @@ from naturelm.training import (
 )
 
 
-def make_parser() -> TrlParser:
-    return TrlParser((NatureLMArguments, SFTConfig, ModelConfig, AudioDataArguments))
+def make_parser() -> NatureLMParser:
+    # The data arguments come before SFTConfig so that a bad dataset entry is reported before any device check.
+    return NatureLMParser((NatureLMArguments, AudioDataArguments, SFTConfig, ModelConfig))
 
 
-def build_trainer(naturelm_args, training_args, model_args, data_args) -> NatureLMSFTTrainer:
+def build_trainer(naturelm_args, data_args, training_args, model_args) -> NatureLMSFTTrainer:
     # Audio rows are batched by our collator: TRL must neither tokenize the dataset nor drop its columns.
     training_args.remove_unused_columns = False
     training_args.dataset_kwargs = {**(training_args.dataset_kwargs or {}), "skip_prepare_dataset": True}
@@ -78,8 +80,8 @@ def train_and_save(trainer: NatureLMSFTTrainer, naturelm_args, training_args) ->
     trainer.end()
 
 
-def main(naturelm_args, training_args, model_args, data_args) -> None:
-    trainer = build_trainer(naturelm_args, training_args, model_args, data_args)
+def main(naturelm_args, data_args, training_args, model_args) -> None:
+    trainer = build_trainer(naturelm_args, data_args, training_args, model_args)
     train_and_save(trainer, naturelm_args, training_args)
 
 

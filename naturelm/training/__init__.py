@@ -3,7 +3,7 @@
 Needs the `train` extra (`pip install -e '.[train]'`): trl, datasets, deepspeed.
 """
 
-from .arguments import AudioDataArguments, AudioDatasetConfig, NatureLMArguments
+from .arguments import AudioDataArguments, AudioDatasetConfig, NatureLMArguments, NatureLMParser
 from .audio import AudioDecodeError, decode_audio
 from .collator import NatureLMDataCollator
 from .data import SCHEMA, load_text_audio_dataset, load_training_datasets, mix_datasets
@@ -20,6 +20,7 @@ __all__ = [
     "AudioDecodeError",
     "NatureLMArguments",
     "NatureLMDataCollator",
+    "NatureLMParser",
     "NatureLMSFTTrainer",
     "TextAudioTransform",
     "build_model_from_parts",

@@ -10,6 +10,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from trl import TrlParser
 from trl.scripts.utils import DatasetConfig, DatasetMixtureConfig
 
 from ..loading import RELEASED_BASE_MODEL
@@ -164,4 +165,24 @@ class AudioDataArguments(DatasetMixtureConfig):
             raise ValueError(f"mixup_max_partners must be at least 1, got {self.mixup_max_partners}.")
 
 
-__all__ = ["AudioDataArguments", "AudioDatasetConfig", "NatureLMArguments"]
+class NatureLMParser(TrlParser):
+    """`TrlParser` (YAML recipe + command-line overrides) that rejects unknown keys before any argument class is
+    built: `TrlParser` reports them only after the dataclasses' own checks ran, so a typo in a bf16 recipe read on a
+    CPU machine would surface as a bf16 error instead of naming the key."""
+
+    def set_defaults_with_config(self, **kwargs) -> list[str]:
+        remaining = super().set_defaults_with_config(**kwargs)
+        if remaining:
+            raise ValueError(f"Unknown key(s) in the config file: {sorted(remaining[::2])}.")
+        return remaining
+
+    def parse_args_into_dataclasses(self, args=None, return_remaining_strings=False, **kwargs):
+        if not return_remaining_strings:
+            _, unknown = self.parse_known_args(args=args)
+            if unknown:
+                raise ValueError(f"Unknown command-line argument(s): {unknown}.")
+        return super().parse_args_into_dataclasses(args=args, return_remaining_strings=return_remaining_strings,
+                                                   **kwargs)
+
+
+__all__ = ["AudioDataArguments", "AudioDatasetConfig", "NatureLMArguments", "NatureLMParser"]

@@ -114,8 +114,8 @@ def load_text_audio_dataset(config: AudioDatasetConfig, streaming: bool = False)
     inverse = {target: name for name, target in mapping.items()}
     column = {target: inverse.get(target, target) for target in SCHEMA}
     default_source = config.source or config.path
-    if "audio" in dataset.features and isinstance(dataset.features["audio"], datasets.Audio):
-        dataset = dataset.cast_column("audio", datasets.Audio(decode=False))
+    if isinstance((dataset.features or {}).get(column["audio"]), datasets.Audio):  # stored audio: keep the bytes
+        dataset = dataset.cast_column(column["audio"], datasets.Audio(decode=False))
 
     def normalise(batch: dict[str, list]) -> dict[str, list]:
         size = len(batch[column["audio"]])

@@ -156,17 +156,18 @@ class TextAudioTransform:
         examples = []
         for row in _rows(batch):
             skipped = np.zeros(len(SKIP_REASONS), dtype=np.int64)
+            replacements = None  # draws the replacement rows, from the first row's seed
             for _ in range(self.max_attempts):
-                rng = self._rng(row)
                 try:
-                    examples.append(self.prepare(row, rng))
+                    examples.append(self.prepare(row, self._rng(row)))
                     break
                 except SkippedRow as skip:
                     skipped[SKIP_REASONS.index(skip.reason)] += 1
                     self._log_skip(skip)
                     if self._source is None:
                         raise RuntimeError("A map-style transform must be bound to its dataset (`bind`).") from skip
-                    row = self._source[int(rng.integers(len(self._source)))]
+                    replacements = replacements or np.random.default_rng([self.seed, self.epoch, 1, *row_key(row)])
+                    row = self._source[int(replacements.integers(len(self._source)))]
             else:
                 raise RuntimeError(
                     f"{self.max_attempts} rows in a row could not be used ({dict(zip(SKIP_REASONS, skipped.tolist()))});"
