@@ -10,7 +10,7 @@ Bad rows (unreadable audio, an empty answer, a missing value, an instruction wit
 - map-style data (`datasets.Dataset.with_transform`): the row is replaced by another row drawn with the example's
   generator, so batches keep their size (DeepSpeed and DDP need every rank to step together);
 - streamed data (`datasets.IterableDataset.map`): the row is dropped.
-Either way the count per reason travels with the next good example (`skipped_rows`), so the trainer can log totals.
+Either way the count per reason travels with a good example (`skipped_rows`), so the trainer can log totals.
 """
 
 import hashlib
@@ -178,7 +178,7 @@ class TextAudioTransform:
 
     def stream(self, batch: dict[str, list]) -> dict[str, list]:
         """Streaming transform (`iterable_dataset.map(transform.stream, batched=True, remove_columns=...)`): bad rows
-        are dropped, their counts attached to the next good example of this worker."""
+        are dropped, their counts attached to the last good example of the call (or a later one)."""
         examples = []
         for row in _rows(batch):
             try:
@@ -187,9 +187,11 @@ class TextAudioTransform:
                 self._pending[SKIP_REASONS.index(skip.reason)] += 1
                 self._log_skip(skip)
                 continue
-            example["skipped_rows"] = self._pending.tolist()
-            self._pending[:] = 0
+            example["skipped_rows"] = [0] * len(SKIP_REASONS)
             examples.append(example)
+        if examples:  # this call's skips (and earlier ones still pending) go with its last good example
+            examples[-1]["skipped_rows"] = self._pending.tolist()
+            self._pending[:] = 0
         return _columns(examples)
 
     # -- one row ----------------------------------------------------------------------------------------------------

@@ -140,7 +140,7 @@ def test_stage1_then_stage2_from_the_recipes(parity_dir, beats_checkpoint, mixed
         "--config", str(RECIPES / "stage1.yaml"), *tiny,
         "--text_model_name_or_path", str(parity_dir / "base_llama"),
         "--audio_encoder_name_or_path", str(beats_checkpoint),
-        "--qformer_config", json.dumps({"hidden_size": 32, "num_attention_heads": 4, "intermediate_size": 64}),
+        "--qformer_config", str(parity_dir / "qformer_config.json"),
         "--datasets", json.dumps({"path": str(mixed_task_dataset), "task_pattern": "classification"}),
         *cpu_args(tmp_path / "stage1"),
     ])
