@@ -9,11 +9,14 @@ Two starting points:
 
 import logging
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 from accelerate import init_empty_weights
 from peft import LoraConfig
 from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+from transformers.integrations import deepspeed as hf_deepspeed
 from trl import ModelConfig, get_peft_config
 
 from ..configuration_naturelm import NatureLMConfig
@@ -36,25 +39,46 @@ def _dtype(name: str | None) -> torch.dtype:
     return getattr(torch, name) if isinstance(name, str) else name
 
 
+@contextmanager
+def zero3_init_disabled() -> Iterator[None]:
+    """Builds models the ordinary way even when the run uses ZeRO-3: DeepSpeed partitions the parameters when its
+    engine starts. (`zero.Init`, which transformers otherwise wraps model construction in, cannot build a NatureLM
+    whose language model is swapped in or that is first created on the meta device.) The cost: until training starts
+    each rank holds a full copy in host memory."""
+    if not hf_deepspeed.is_deepspeed_zero3_enabled():
+        yield
+        return
+    # transformers keeps the active DeepSpeed config behind a module-level weak reference (set by TrainingArguments
+    # or by accelerate's DeepSpeed plugin); it is put back exactly as it was.
+    reference = hf_deepspeed._hf_deepspeed_config_weak_ref
+    hf_deepspeed.unset_hf_deepspeed_config()
+    try:
+        yield
+    finally:
+        hf_deepspeed._hf_deepspeed_config_weak_ref = reference
+
+
 def load_model_for_training(
     model_args: ModelConfig, naturelm_args: NatureLMArguments
 ) -> tuple[NatureLMForConditionalGeneration, NatureLMProcessor]:
-    """The starting model and its processor, from a NatureLM checkpoint or from BEATs + Llama."""
+    """The starting model and its processor, from a NatureLM checkpoint or from BEATs + Llama (built in host memory
+    even under ZeRO-3, see [`zero3_init_disabled`])."""
     dtype = _dtype(model_args.dtype)
-    if model_args.model_name_or_path:
-        if naturelm_args.audio_encoder_name_or_path:
-            raise ValueError("Give either model_name_or_path (a NatureLM checkpoint) or audio_encoder_name_or_path "
-                             "(a fresh model from BEATs + Llama), not both.")
-        return load_model(model_args.model_name_or_path, naturelm_args.text_model_name_or_path, dtype=dtype)
-    if not naturelm_args.audio_encoder_name_or_path:
-        raise ValueError("No starting weights: set model_name_or_path (a NatureLM checkpoint) or "
-                         "audio_encoder_name_or_path + text_model_name_or_path (BEATs + Llama).")
-    return build_model_from_parts(
-        naturelm_args.text_model_name_or_path,
-        naturelm_args.audio_encoder_name_or_path,
-        dtype=dtype,
-        qformer_config=naturelm_args.qformer_overrides(),
-    )
+    with zero3_init_disabled():
+        if model_args.model_name_or_path:
+            if naturelm_args.audio_encoder_name_or_path:
+                raise ValueError("Give either model_name_or_path (a NatureLM checkpoint) or audio_encoder_name_or_path "
+                                 "(a fresh model from BEATs + Llama), not both.")
+            return load_model(model_args.model_name_or_path, naturelm_args.text_model_name_or_path, dtype=dtype)
+        if not naturelm_args.audio_encoder_name_or_path:
+            raise ValueError("No starting weights: set model_name_or_path (a NatureLM checkpoint) or "
+                             "audio_encoder_name_or_path + text_model_name_or_path (BEATs + Llama).")
+        return build_model_from_parts(
+            naturelm_args.text_model_name_or_path,
+            naturelm_args.audio_encoder_name_or_path,
+            dtype=dtype,
+            qformer_config=naturelm_args.qformer_overrides(),
+        )
 
 
 def load_beats_checkpoint(path: str) -> tuple[dict, dict[str, torch.Tensor]]:
@@ -192,4 +216,5 @@ __all__ = [
     "load_beats_checkpoint",
     "load_model_for_training",
     "lora_config_from_args",
+    "zero3_init_disabled",
 ]

@@ -168,6 +168,22 @@ def test_stage1_then_stage2_from_the_recipes(parity_dir, beats_checkpoint, mixed
     _check_remote_code_load(tmp_path / "stage2", tmp_path / "stage2_merged", mixed_task_dataset)
 
 
+def test_finetune_recipe_trains_only_the_adapter_and_evaluates(tiny_model_dir, species_dataset, tmp_path,
+                                                               one_thread):
+    recipe = yaml.safe_load((RECIPES / "finetune.yaml").read_text())
+    assert not recipe["train_audio_encoder"] and not recipe["train_audio_projector"] and recipe["use_peft"]
+    record = train_probe.run([
+        "--config", str(RECIPES / "finetune.yaml"), "--model_name_or_path", str(tiny_model_dir),
+        "--lora_r", "8", "--lora_alpha", "16", "--datasets", str(species_dataset), "--test_split_size", "0.5",
+        "--num_train_epochs", "2", "--gradient_accumulation_steps", "1", "--per_device_eval_batch_size", "2",
+        "--warmup_steps", "0", *cpu_args(tmp_path / "out", per_device_train_batch_size=2),
+    ])
+    assert [entry["epoch"] for entry in record["log_history"] if "eval_loss" in entry] == [1.0, 2.0]
+    before, after = saved_weights(tiny_model_dir), saved_weights(tmp_path / "out")
+    changed = {key for key in before if not torch.equal(before[key], after[key])}
+    assert changed and all(key.startswith("adapter:") for key in changed)
+
+
 LOADER = textwrap.dedent(
     """
     import importlib.abc, json, sys
