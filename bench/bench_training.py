@@ -64,7 +64,8 @@ def main() -> None:
             "--output_dir", str(tmp / "out"), "--max_steps", str(args.steps),
             "--per_device_train_batch_size", str(args.batch_size), "--dataloader_num_workers", str(args.workers),
             "--use_cpu", str(not torch.cuda.is_available()), "--bf16", "false", "--gradient_checkpointing", "false",
-            "--save_strategy", "no", "--report_to", "none", "--logging_steps", str(args.steps), "--disable_tqdm", "true",
+            "--save_strategy", "no", "--report_to", "none", "--logging_steps", str(args.steps),
+            "--disable_tqdm", "true",
         ])
         trainer = sft.build_trainer(*parsed)
         metrics = trainer.train().metrics

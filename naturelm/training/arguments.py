@@ -38,7 +38,7 @@ class NatureLMArguments:
 
     text_model_name_or_path: str = field(
         default=RELEASED_BASE_MODEL,
-        metadata={"help": "Base Llama for a fresh model, or for the frozen LM weights of an original-layout checkpoint."},
+        metadata={"help": "Base Llama of a fresh model, or of an original-layout checkpoint's frozen LM weights."},
     )
     audio_encoder_name_or_path: str | None = field(
         default=None, metadata={"help": "BEATs checkpoint (.pt) for a fresh model (no model_name_or_path)."}
@@ -153,7 +153,9 @@ class AudioDataArguments(DatasetMixtureConfig):
                     )
                 self.datasets[index] = AudioDatasetConfig(**entry)
         if self.stopping_strategy not in ("all_exhausted", "first_exhausted"):
-            raise ValueError(f"stopping_strategy must be all_exhausted or first_exhausted, got {self.stopping_strategy!r}")
+            raise ValueError(
+                f"stopping_strategy must be all_exhausted or first_exhausted, got {self.stopping_strategy!r}."
+            )
         if len(self.noise_snr_db) != 2 or self.noise_snr_db[0] > self.noise_snr_db[1]:
             raise ValueError(f"noise_snr_db must be [low, high] with low <= high, got {self.noise_snr_db}.")
         for name in ("noise_prob", "mixup_prob", "noise_replace_prob"):

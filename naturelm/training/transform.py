@@ -169,10 +169,9 @@ class TextAudioTransform:
                     replacements = replacements or np.random.default_rng([self.seed, self.epoch, 1, *row_key(row)])
                     row = self._source[int(replacements.integers(len(self._source)))]
             else:
-                raise RuntimeError(
-                    f"{self.max_attempts} rows in a row could not be used ({dict(zip(SKIP_REASONS, skipped.tolist()))});"
-                    " the dataset looks broken."
-                )
+                reasons = dict(zip(SKIP_REASONS, skipped.tolist()))
+                raise RuntimeError(f"{self.max_attempts} rows in a row could not be used ({reasons}); the dataset "
+                                   "looks broken.")
             examples[-1]["skipped_rows"] = skipped.tolist()
         return _columns(examples)
 

@@ -1,7 +1,8 @@
 """Runs training/sft_naturelm.py (its parser, `build_trainer` and `train_and_save`) with probes for the tests.
 
 Each rank writes `$NATURELM_PROBE_DIR/rank<k>.json`: the world size as torch.distributed and the Trainer see it, the
-answers and tasks of the rows in every batch it trained on, the ZeRO-3 partitioning of its parameters, and the log history.
+answers and tasks of the rows in every batch it trained on, the ZeRO-3 partitioning of its parameters, and the log
+history.
 With `NATURELM_PROBE_KILL_AFTER_SAVE=<step>`, the process SIGKILLs itself right after that step's checkpoint is
 written, like a preempted job (no clean-up, no final save).
 """
