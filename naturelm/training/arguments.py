@@ -75,7 +75,8 @@ class AudioDatasetConfig(DatasetConfig):
         task (`str`, *optional*): task of every row when the data has no `task` column.
         source (`str`, *optional*): value of the `source` column when the data has none (defaults to `path`).
         task_pattern (`str`, *optional*): keep only rows whose `task` matches this regular expression (`re.search`).
-        sampling_rate (`int`, *optional*): rate of raw numeric audio arrays (files carry their own).
+        sampling_rate (`int`, *optional*): rate of raw numeric audio arrays without a `sampling_rate` column (files
+            carry their own).
     """
 
     weight: float = 1.0

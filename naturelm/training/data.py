@@ -121,8 +121,10 @@ def load_text_audio_dataset(config: AudioDatasetConfig, streaming: bool = False)
         size = len(batch[column["audio"]])
         task = batch.get(column["task"]) if column["task"] in batch else None
         source = batch.get(column["source"]) if column["source"] in batch else None
+        rates = batch.get("sampling_rate") or [config.sampling_rate] * size  # raw arrays: per row, or the config's
         return {
-            "audio": [_audio_storage(value, base, config.sampling_rate) for value in batch[column["audio"]]],
+            "audio": [_audio_storage(value, base, rate or config.sampling_rate)
+                      for value, rate in zip(batch[column["audio"]], rates)],
             "instruction": batch[column["instruction"]],
             "output": [None if value is None else str(value) for value in batch[column["output"]]],
             "task": [t if t is not None else (config.task or "") for t in task] if task else [config.task or ""] * size,

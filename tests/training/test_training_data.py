@@ -60,6 +60,11 @@ def test_parquet_with_embedded_audio_raw_arrays_and_renamed_columns(species_clip
     raw = load_text_audio_dataset(AudioDatasetConfig(path="parquet", data_files=str(tmp_path / "b.parquet"),
                                                      sampling_rate=16000))[0]
     assert np.array_equal(decode_audio(raw["audio"]), array.astype(np.float32))
+    Dataset.from_dict({"audio": [array.tolist()], "sampling_rate": [8000], "instruction": ["Species?"],
+                       "output": ["frog"]}).to_parquet(tmp_path / "c.parquet")  # a rate per row
+    per_row = load_text_audio_dataset(AudioDatasetConfig(path="parquet", data_files=str(tmp_path / "c.parquet")))[0]
+    assert soundfile.info(io.BytesIO(per_row["audio"]["bytes"])).samplerate == 8000
+    assert decode_audio(per_row["audio"]).size == 2 * array.size  # resampled to 16 kHz on reading
 
 
 def test_streaming_yields_the_map_style_rows(species_dataset):
