@@ -35,19 +35,28 @@ class _GradMultiply(torch.autograd.Function):
         return grad * ctx.scale, None
 
 
+class NatureLMBeatsWeightNormConv1d(nn.Conv1d):
+    """A Conv1d whose weight is weight-normalised over `dim=2` from construction. Normalising inside its own
+    `__init__` keeps it working under DeepSpeed ZeRO-3's `zero.Init`, which partitions a module's parameters as soon as
+    its `__init__` returns (a plain Conv1d would be partitioned before `weight_norm` could read its weight)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        nn.utils.parametrizations.weight_norm(self, name="weight", dim=2)
+
+
 class NatureLMBeatsPositionalConvEmbedding(nn.Module):
     """Weight-normalised grouped convolution over time, added to the input as a relative position signal."""
 
     def __init__(self, config: NatureLMBeatsConfig):
         super().__init__()
-        conv = nn.Conv1d(
+        self.conv = NatureLMBeatsWeightNormConv1d(
             config.encoder_embed_dim,
             config.encoder_embed_dim,
             kernel_size=config.conv_pos,
             padding=config.conv_pos // 2,
             groups=config.conv_pos_groups,
         )
-        self.conv = nn.utils.parametrizations.weight_norm(conv, name="weight", dim=2)
         # An even kernel with padding k // 2 yields one frame too many; the original drops the last one.
         self.num_pad_remove = 1 if config.conv_pos % 2 == 0 else 0
 
@@ -536,14 +545,19 @@ class NatureLMForConditionalGeneration(NatureLMPreTrainedModel, GenerationMixin)
         self._hf_peft_config_loaded = False
         self.config.merging_alpha = 1.0
 
-    def save_pretrained(self, save_directory, *args, **kwargs) -> None:
+    def save_pretrained(self, save_directory, *args, state_dict: dict | None = None, **kwargs) -> None:
         """With an adapter loaded, saves the peft adapter and, beside it, the base weights under their plain names
-        (like Granite Speech), so `from_pretrained` on the folder restores both."""
+        (like Granite Speech), so `from_pretrained` on the folder restores both. A given `state_dict` (e.g. the
+        weights DeepSpeed ZeRO-3 gathered from every rank) is saved instead of this process's own. Weights are saved
+        under the model's own names: reverting the key conversions of loading would re-add the peft prefix the adapter
+        loading registered, and legacy names."""
+        kwargs.setdefault("save_original_format", False)
         if not getattr(self, "_hf_peft_config_loaded", False):
-            super().save_pretrained(save_directory, *args, **kwargs)
+            super().save_pretrained(save_directory, *args, state_dict=state_dict, **kwargs)
             return
+        state_dict = self.state_dict() if state_dict is None else state_dict
         base_weights = {
-            key.replace(".base_layer.", "."): value for key, value in self.state_dict().items() if ".lora_" not in key
+            key.replace(".base_layer.", "."): value for key, value in state_dict.items() if ".lora_" not in key
         }
         self._hf_peft_config_loaded = False
         try:
@@ -552,7 +566,7 @@ class NatureLMForConditionalGeneration(NatureLMPreTrainedModel, GenerationMixin)
             self._hf_peft_config_loaded = True
         for adapter_config in self.peft_config.values():
             adapter_config.base_model_name_or_path = str(save_directory)
-        super().save_pretrained(save_directory, *args, **kwargs)
+        super().save_pretrained(save_directory, *args, state_dict=state_dict, **kwargs)
 
 
 __all__ = [
