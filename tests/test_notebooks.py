@@ -90,3 +90,32 @@ def test_quickstart_runs_top_to_bottom_on_the_tiny_model(tiny_model_dir, audio_d
     assert rows[0] == RAVEN_COLUMNS
     assert [float(r[3]) for r in rows[1:]] == [0.0, 5.0, 10.0, 15.0, 20.0, 25.0, 30.0]
     assert {r[7] for r in rows[1:]} == {recording.name}
+
+
+def test_finetune_lora_trains_and_the_folder_loads_and_answers(tiny_model_dir, audio_dir, kernel_env, monkeypatch):
+    workdir = kernel_env / "work"
+    workdir.mkdir()
+    monkeypatch.setenv("NATURELM_MODEL", str(tiny_model_dir))
+    monkeypatch.setenv("NATURELM_AUDIO_DIR", str(audio_dir))
+    monkeypatch.setenv("NATURELM_MAX_STEPS", "2")
+    monkeypatch.setenv("NATURELM_MAX_NEW_TOKENS", "4")
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+
+    notebook = _run("02_finetune_lora.ipynb", workdir)
+
+    text = "".join(o.get("text", "") for cell in notebook.cells if cell.cell_type == "code" for o in cell.outputs)
+    rows = list(csv.DictReader((workdir / "my_recordings" / "metadata.csv").read_text().splitlines()))
+    assert {r["output"] for r in rows} == {"Lazuli Bunting", "Green Treefrog", "American Robin", "Gray Wolf"}
+    assert len(rows) == 10  # 10-s clips: 2 + 1 + 4 + 3
+    assert all((workdir / "my_recordings" / r["file_name"]).is_file() for r in rows)
+    assert "10 clips of 4 species in my_recordings/" in text
+    assert "finetune.yaml" in text and "--max_steps 2 \\\n" in text
+    output = workdir / "my-naturelm"
+    assert (output / "adapter_model.safetensors").is_file() and (output / "config.json").is_file()
+    assert "fine-tuned folder: my-naturelm; LoRA adapter: True" in text
+    for species in ("Lazuli Bunting", "Green Treefrog", "American Robin", "Gray Wolf"):
+        assert f"labelled {species!r}, answer " in text
+    assert text.count("{'loss': ") == 2  # two logged training steps, parsed for the loss curve
+    assert "most probable species = label on " in text and " of 10 clips" in text
+    assert len(_outputs(notebook, "image/png")) == 1  # the loss curve
+    assert any("Gray Wolf" in html for html in _outputs(notebook, "text/html"))  # the label probabilities
