@@ -19,7 +19,7 @@ NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 
 def test_notebooks_are_committed_without_outputs():
     paths = sorted(NOTEBOOKS.glob("*.ipynb"))
-    assert "01_quickstart.ipynb" in [p.name for p in paths]
+    assert [p.name for p in paths] == ["01_quickstart.ipynb", "02_finetune_lora.ipynb", "03_beans_zero.ipynb"]
     for path in paths:
         notebook = nbformat.read(path, as_version=4)
         nbformat.validate(notebook)
@@ -119,3 +119,32 @@ def test_finetune_lora_trains_and_the_folder_loads_and_answers(tiny_model_dir, a
     assert "most probable species = label on " in text and " of 10 clips" in text
     assert len(_outputs(notebook, "image/png")) == 1  # the loss curve
     assert any("Gray Wolf" in html for html in _outputs(notebook, "text/html"))  # the label probabilities
+
+
+def test_beans_zero_runs_and_reads_the_metrics_table(tiny_model_dir, audio_dir, kernel_env, monkeypatch):
+    workdir = kernel_env / "work"
+    workdir.mkdir()
+    monkeypatch.setenv("NATURELM_MODEL", str(tiny_model_dir))
+    monkeypatch.setenv("NATURELM_AUDIO_DIR", str(audio_dir))
+    monkeypatch.setenv("NATURELM_MAX_NEW_TOKENS", "4")
+    monkeypatch.setenv("NATURELM_NUM_BEAMS", "1")
+
+    notebook = _run("03_beans_zero.ipynb", workdir)
+
+    text = "".join(o.get("text", "") for cell in notebook.cells if cell.cell_type == "code" for o in cell.outputs)
+    html = _outputs(notebook, "text/html")
+    components = ("esc50", "watkins", "enabirds", "gibbons", "captioning", "zf-indiv")
+    results = workdir / "results"
+    predictions = [json.loads(line) for line in (results / "predictions.jsonl").read_text().splitlines()]
+    assert len(predictions) == 14 and {p["dataset_name"] for p in predictions} == set(components)
+    metrics = json.loads((results / "metrics.json").read_text())
+    assert list(metrics["metrics"]) == list(components) and sum(metrics["num_scored"].values()) == 14
+    assert "6 components, 14 rows scored, 0 bad rows" in text
+    table = next(h for h in html if "Accuracy" in h and "mAP" in h)  # the metrics table: a row per component
+    for name in components:
+        assert f">{name}</th>" in table, name
+        assert f"| {name} " in (results / "metrics.md").read_text()
+    assert "BEANS-Zero: 6 component(s), 14 row(s) scored, 0 bad row(s)." in text  # the baseline's report
+    assert (results / "baseline.jsonl").is_file()
+    comparison = next(h for h in html if "most common answer" in h)
+    assert all(f">{name}</th>" in comparison for name in components)
