@@ -32,7 +32,7 @@ SCHEMA = Features(
     }
 )
 METADATA_FILES = ("metadata.csv", "metadata.jsonl", "metadata.json", "metadata.parquet")
-_BUILDERS = {".csv": "csv", ".tsv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
+_BUILDERS = {".csv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
 
 
 def _metadata_file(folder: Path) -> Path | None:

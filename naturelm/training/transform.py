@@ -230,8 +230,8 @@ class TextAudioTransform:
             if self._draw(rng, self.mixup_prob, self.mixup_task_pattern, task):
                 partners = self._partners(task, rng)
                 waveform, answer, instruction = mixup(waveform, answer, instruction, partners, rng)
-            if self._source is None and matches(self.mixup_task_pattern, task) and answer != NONE_ANSWER:
-                self._recent[task].append((clean, str(row["output"])))
+            if self._source is None and matches(self.mixup_task_pattern, task) and row["output"] != NONE_ANSWER:
+                self._recent[task].append((clean, str(row["output"])))  # later partners of this worker's stream
         return {
             "audio": np.clip(waveform, -1.0, 1.0).astype(np.float32, copy=False),
             "instruction": instruction,

@@ -243,7 +243,11 @@ def test_a_killed_run_resumes_to_the_same_weights(tiny_model_dir, mixed_task_dat
     killed = run_probe([*common, *cpu_args(tmp_path / "resumed", **settings)], tmp_path / "probe",
                        NATURELM_PROBE_KILL_AFTER_SAVE=4)
     assert killed.returncode == -9, killed.stderr[-3000:]
-    assert (tmp_path / "resumed" / "checkpoint-4" / "trainer_state.json").exists()
+    checkpoint = tmp_path / "resumed" / "checkpoint-4"
+    assert (checkpoint / "trainer_state.json").exists()
+    # Checkpoints are the model's remote-code folder, adapter beside the base weights.
+    assert {"modeling_naturelm.py", "processing_naturelm.py", "processor_config.json", "config.json",
+            "model.safetensors", "adapter_model.safetensors"} <= {path.name for path in checkpoint.iterdir()}
     assert not (tmp_path / "resumed" / "model.safetensors").exists() and not probe_results(tmp_path / "probe")
 
     resumed = train_probe.run([*common, *cpu_args(tmp_path / "resumed", resume_from_checkpoint="last", **settings)])
