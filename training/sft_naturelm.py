@@ -4,15 +4,16 @@ Supervised fine-tuning of NatureLM-audio with TRL's `SFTTrainer`: peft LoRA on L
 per the recipe, DeepSpeed ZeRO optional. Arguments come from a YAML recipe, overridable on the command line.
 
 ```bash
-# one GPU
+# one GPU: your recordings (a folder with metadata.csv), LoRA only
 accelerate launch --config_file training/accelerate/1gpu.yaml training/sft_naturelm.py \
-    --config training/recipes/finetune.yaml --datasets '...' --output_dir outputs/my-model
-# 8 GPUs, ZeRO-2
+    --config training/recipes/finetune.yaml --datasets data/my_recordings --output_dir outputs/my-model
+# 8 GPUs, ZeRO-2: the paper's stage 1 (stage2.yaml continues from its output)
 accelerate launch --config_file training/accelerate/8gpu.yaml training/sft_naturelm.py \
     --config training/recipes/stage1.yaml --deepspeed training/deepspeed/zero2.json
 # CPU, 2 processes, ZeRO-3 (tests, debugging)
 accelerate launch --config_file training/accelerate/cpu.yaml training/sft_naturelm.py \
-    --config training/recipes/finetune.yaml --deepspeed training/deepspeed/zero3.json --use_cpu
+    --config training/recipes/finetune.yaml --deepspeed training/deepspeed/zero3.json \
+    --use_cpu true --bf16 false --dtype float32 --datasets data/my_recordings
 ```
 """
 

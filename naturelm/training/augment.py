@@ -8,6 +8,8 @@ Every function takes its randomness from a `numpy.random.Generator` passed in, s
 import re
 
 import numpy as np
+import torch
+import torchaudio
 
 NONE_ANSWER = "None"
 
@@ -31,14 +33,15 @@ def random_crop(waveform: np.ndarray, max_samples: int, rng: np.random.Generator
 
 
 def mix_at_snr(signal: np.ndarray, noise: np.ndarray, snr_db: float) -> np.ndarray:
-    """`signal + g * noise` with the gain `g` that puts the signal `snr_db` dB above the noise (by mean power).
-    `noise` must have the signal's length; silent noise leaves the signal unchanged."""
-    signal_power = float(np.mean(np.square(signal, dtype=np.float64)))
-    noise_power = float(np.mean(np.square(noise, dtype=np.float64)))
-    if noise_power == 0.0:
+    """`signal` plus `noise` scaled to sit `snr_db` dB below it (by mean power), with torchaudio's `add_noise`.
+    `noise` must have the signal's length; silent noise (or a silent signal) leaves the signal unchanged."""
+    if not np.any(noise) or not np.any(signal):
         return signal
-    gain = np.sqrt(signal_power / (noise_power * 10.0 ** (snr_db / 10.0)))
-    return (signal + gain * noise).astype(np.float32)
+    mixed = torchaudio.functional.add_noise(
+        torch.from_numpy(signal)[None], torch.from_numpy(noise.astype(np.float32, copy=False))[None],
+        torch.tensor([snr_db], dtype=torch.float32),
+    )
+    return mixed[0].numpy()
 
 
 def split_labels(answer: str) -> list[str]:

@@ -32,7 +32,8 @@ def load_checkpoint_weights(model: torch.nn.Module, folder: str) -> None:
     peft adapter beside them. Values are copied into the model's tensors, which keep their dtypes."""
     index = os.path.join(folder, SAFE_WEIGHTS_INDEX_NAME)
     if os.path.isfile(index):
-        files = sorted(set(json.loads(open(index).read())["weight_map"].values()))
+        with open(index) as handle:
+            files = sorted(set(json.load(handle)["weight_map"].values()))
     else:
         files = [SAFE_WEIGHTS_NAME]
     base = {key: value for name in files for key, value in load_file(os.path.join(folder, name)).items()}
@@ -50,11 +51,22 @@ def load_checkpoint_weights(model: torch.nn.Module, folder: str) -> None:
         raise ValueError(f"{folder}'s adapter does not fit the model: unexpected {result.unexpected_keys[:10]}")
 
 
+def _check_arguments(args) -> None:
+    """Audio batches come from the collator, whole: the text-only SFT options cannot apply."""
+    unsupported = [name for name in ("packing", "padding_free", "assistant_only_loss", "completion_only_loss")
+                   if getattr(args, name, None)]
+    if unsupported:
+        raise ValueError(f"{unsupported} do not apply to NatureLM's audio batches; turn them off.")
+    if args.remove_unused_columns or not (args.dataset_kwargs or {}).get("skip_prepare_dataset"):
+        raise ValueError("NatureLM needs remove_unused_columns=False and dataset_kwargs={'skip_prepare_dataset': True}:"
+                         " the collator batches the raw audio rows.")
+
+
 class NatureLMSFTTrainer(SFTTrainer):
     """
     [`trl.SFTTrainer`] with two additions for audio data:
     - the `skipped_rows` counts that [`NatureLMDataCollator`] puts in each batch are taken out before the forward and
-      logged, summed over processes since the start of training, as `skipped_rows/<reason>`;
+      logged, summed over processes since this run started (a resumed run counts afresh), as `skipped_rows/<reason>`;
     - with `train_transform`, an [`AugmentationEpochCallback`] advances its epoch;
     - resuming without DeepSpeed reads checkpoints in the model's own layout (base weights + peft adapter), which the
       Trainer's generic loader would only half restore (DeepSpeed resumes from its own engine checkpoint).
@@ -63,8 +75,9 @@ class NatureLMSFTTrainer(SFTTrainer):
     collator, and the processor as `processing_class`.
     """
 
-    def __init__(self, *args, train_transform: TextAudioTransform | None = None, **kwargs):
-        super().__init__(*args, **kwargs)
+    def __init__(self, model, args, *positional, train_transform: TextAudioTransform | None = None, **kwargs):
+        _check_arguments(args)
+        super().__init__(model, args, *positional, **kwargs)
         self._skipped_rows = torch.zeros(len(SKIP_REASONS), dtype=torch.long)
         if train_transform is not None:
             if self.args.dataloader_persistent_workers and train_transform.augments:

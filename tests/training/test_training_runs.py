@@ -106,6 +106,16 @@ def test_bad_rows_are_skipped_and_counted(tiny_model_dir, species_clips, tmp_pat
     assert (tmp_path / "out" / "model.safetensors").exists()
 
 
+def test_text_only_sft_options_are_refused(tiny_model_dir, species_dataset, tmp_path):
+    parser = train_probe.sft.make_parser()
+    args = parser.parse_args_and_config([
+        "--model_name_or_path", str(tiny_model_dir), "--datasets", str(species_dataset), "--packing", "true",
+        *cpu_args(tmp_path / "out"),
+    ])
+    with pytest.raises(ValueError, match="packing"):
+        train_probe.sft.build_trainer(*args)
+
+
 def test_unknown_configuration_keys_fail_at_start_with_their_name(tmp_path):
     recipe = yaml.safe_load((RECIPES / "finetune.yaml").read_text())
     parser = train_probe.sft.make_parser()
