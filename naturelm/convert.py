@@ -24,6 +24,7 @@ from .pipeline_naturelm import TASK, NatureLMPipeline
 from .processing_naturelm import NatureLMProcessor
 
 PAD_TOKEN = "[PAD]"
+LLAMA3_END_TOKENS = ("<|end_of_text|>", "<|eom_id|>", "<|eot_id|>")
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 # The original builds its Q-Former from bert-base-uncased's config (head counts cannot be read off weight shapes);
@@ -192,13 +193,13 @@ def lora_config_for(config: NatureLMConfig) -> LoraConfig:
     )
 
 
-def load_tokenizer(base_model: str | Path, vocab_size: int):
-    """The base Llama tokenizer plus the original's `[PAD]` token."""
+def load_tokenizer(base_model: str | Path, vocab_size: int | None = None):
+    """The base Llama tokenizer plus the original's `[PAD]` token (checked against `vocab_size` when given)."""
     tokenizer = AutoTokenizer.from_pretrained(base_model)
     if PAD_TOKEN not in tokenizer.get_vocab():
         tokenizer.add_special_tokens({"pad_token": PAD_TOKEN})
     tokenizer.pad_token = PAD_TOKEN
-    if len(tokenizer) != vocab_size:
+    if vocab_size is not None and len(tokenizer) != vocab_size:
         raise ConversionError(f"Tokenizer has {len(tokenizer)} tokens but the checkpoint's embedding has {vocab_size}.")
     return tokenizer
 
@@ -238,22 +239,31 @@ def from_original(
         model.set_merging_alpha(merging_alpha)
 
     tokenizer = load_tokenizer(base_model, vocab_size)
-    config.text_config.pad_token_id = tokenizer.pad_token_id
     generation_path = base_model / "generation_config.json"
     generation = GenerationConfig.from_pretrained(base_model) if generation_path.exists() else GenerationConfig()
+    return model, finish_model(model, tokenizer, generation)
+
+
+def finish_model(
+    model: NatureLMForConditionalGeneration, tokenizer, generation: GenerationConfig
+) -> NatureLMProcessor:
+    """Sets the generation config (stop on every Llama 3.1 end token, pad with `[PAD]`) from the base LM's and
+    returns the processor that matches the model's windowing."""
+    config = model.config
+    config.text_config.pad_token_id = tokenizer.pad_token_id
+    vocab = tokenizer.get_vocab()
+    end_ids = {vocab[token] for token in LLAMA3_END_TOKENS if token in vocab}
     generation.bos_token_id = tokenizer.bos_token_id
-    generation.eos_token_id = sorted({*_as_list(generation.eos_token_id), *_as_list(config.text_config.eos_token_id),
-                                      tokenizer.convert_tokens_to_ids("<|end_of_text|>")})
+    generation.eos_token_id = sorted({*_as_list(generation.eos_token_id), *end_ids})
     generation.pad_token_id = tokenizer.pad_token_id
     model.generation_config = generation
-    processor = NatureLMProcessor(
+    return NatureLMProcessor(
         NatureLMFeatureExtractor(),
         tokenizer,
         window_tokens=config.window_tokens,
         window_stride_tokens=config.window_stride_tokens,
         num_query_tokens=config.num_query_tokens,
     )
-    return model, processor
 
 
 def convert(

@@ -15,13 +15,12 @@ from contextlib import contextmanager
 import torch
 from accelerate import init_empty_weights
 from peft import LoraConfig
-from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+from transformers import AutoModelForCausalLM, GenerationConfig
 from transformers.integrations import deepspeed as hf_deepspeed
 from trl import ModelConfig, get_peft_config
 
 from ..configuration_naturelm import NatureLMConfig
-from ..convert import _LORA_TARGET, PAD_TOKEN, convert_state_dict
-from ..feature_extraction_naturelm import NatureLMFeatureExtractor
+from ..convert import _LORA_TARGET, convert_state_dict, finish_model, load_tokenizer
 from ..loading import load_model
 from ..modeling_naturelm import NatureLMBeatsModel, NatureLMForConditionalGeneration, NatureLMWindowQFormerProjector
 from ..processing_naturelm import NatureLMProcessor
@@ -29,7 +28,6 @@ from .arguments import NatureLMArguments
 
 logger = logging.getLogger(__name__)
 
-LLAMA3_END_TOKENS = ("<|end_of_text|>", "<|eom_id|>", "<|eot_id|>")
 _REGEX_CHARACTERS = re.compile(r"[\\.*+?()\[\]|^$]")
 
 
@@ -100,10 +98,7 @@ def build_model_from_parts(
     id) with the original's `[PAD]` token appended (its embedding and LM-head rows start at the mean of the others),
     and a randomly initialised window Q-Former (bert-base sizes by default, as the original) and projection.
     """
-    tokenizer = AutoTokenizer.from_pretrained(text_model)
-    if PAD_TOKEN not in tokenizer.get_vocab():
-        tokenizer.add_special_tokens({"pad_token": PAD_TOKEN})
-    tokenizer.pad_token = PAD_TOKEN
+    tokenizer = load_tokenizer(text_model)
     language_model = AutoModelForCausalLM.from_pretrained(text_model, dtype=dtype)
     if language_model.get_input_embeddings().num_embeddings < len(tokenizer):
         language_model.resize_token_embeddings(len(tokenizer), mean_resizing=True)
@@ -124,20 +119,7 @@ def build_model_from_parts(
     model.model.audio_projector.apply(model._init_weights)
     model.to(dtype)
 
-    generation = language_model.generation_config or GenerationConfig()
-    end_ids = {tokenizer.convert_tokens_to_ids(token) for token in LLAMA3_END_TOKENS if token in tokenizer.get_vocab()}
-    eos = generation.eos_token_id
-    generation.eos_token_id = sorted(end_ids | set(eos if isinstance(eos, list) else [] if eos is None else [eos]))
-    generation.pad_token_id = tokenizer.pad_token_id
-    model.generation_config = generation
-    processor = NatureLMProcessor(
-        NatureLMFeatureExtractor(),
-        tokenizer,
-        window_tokens=config.window_tokens,
-        window_stride_tokens=config.window_stride_tokens,
-        num_query_tokens=config.num_query_tokens,
-    )
-    return model, processor
+    return model, finish_model(model, tokenizer, language_model.generation_config or GenerationConfig())
 
 
 def lora_config_from_args(model_args: ModelConfig, config: NatureLMConfig) -> LoraConfig:
