@@ -8,9 +8,11 @@ forced so random weights cannot stop early), greedy and with 2 beams, batched an
 - `mid`: random weights, full BEATs (12 x 768) and Q-Former (768), a Llama of hidden 512 x 4 layers, 2 minutes;
 - `full`: one 10-s window through the full-size architecture (Llama-3.1-8B shaped, random bf16 weights).
 
-Each configuration runs in its own process so that its peak RSS is its own. Usage:
+Each configuration runs in its own process so that its peak RSS is its own, set up as `naturelm infer` sets itself up
+on CPU (freed memory kept mapped, LoRA merged into the weights). After one warm-up batch, the recording is run
+`--repeats` times and the median is reported. Usage:
 
-    ./run python bench/bench_inference.py [tiny mid full] [--batch-size 32] [--dtype fp32|bf16]
+    ./run python bench/bench_inference.py [tiny mid full] [--batch-size 32] [--dtype fp32|bf16] [--repeats 3]
 """
 
 import argparse
@@ -60,19 +62,25 @@ def build(size: str, dtype: torch.dtype):
     raise ValueError(size)
 
 
-def run_config(size: str, batch_size: int, num_beams: int, dtype: str) -> dict:
+def run_config(size: str, batch_size: int, num_beams: int, dtype: str, repeats: int) -> dict:
+    from naturelm.loading import keep_freed_memory_mapped
     from naturelm.pipeline_naturelm import TASK, NatureLMPipeline
 
+    keep_freed_memory_mapped()
     torch.manual_seed(0)
     model, processor = build(size, DTYPES[dtype])
+    model.merge_adapter_into_weights()
     pipe = NatureLMPipeline(model=model.eval(), processor=processor, task=TASK, device=model.device)
     audio = long_recording({"tiny": 300.0, "mid": 120.0}[size])
     kwargs = dict(max_new_tokens=20, min_new_tokens=20, num_beams=num_beams, do_sample=False)
-    pipe(audio[: 16000 * 10], sampling_rate=16000, batch_size=1, **kwargs)  # warm-up
-    started = time.perf_counter()
     with torch.inference_mode():
-        result = pipe(audio, sampling_rate=16000, batch_size=batch_size, **kwargs)
-    seconds = time.perf_counter() - started
+        pipe(audio[: 16000 * 10 * batch_size], sampling_rate=16000, batch_size=batch_size, **kwargs)  # warm-up
+        times = []
+        for _ in range(repeats):
+            started = time.perf_counter()
+            result = pipe(audio, sampling_rate=16000, batch_size=batch_size, **kwargs)
+            times.append(time.perf_counter() - started)
+    seconds = float(np.median(times))
     return {
         "size": size, "batch_size": batch_size, "num_beams": num_beams, "dtype": dtype,
         "audio_seconds": len(audio) / 16000, "seconds": seconds, "audio_s_per_s": len(audio) / 16000 / seconds,
@@ -84,11 +92,13 @@ def run_config(size: str, batch_size: int, num_beams: int, dtype: str) -> dict:
 def run_full(dtype: str) -> dict:
     """One 10-s window through the full-size architecture, built straight in bf16 (never fp32)."""
     from naturelm import NatureLMConfig, NatureLMForConditionalGeneration
+    from naturelm.loading import keep_freed_memory_mapped
     from naturelm.pipeline_naturelm import TASK, NatureLMPipeline
     from naturelm.testing_utils import llama3_tokenizer
     from naturelm.feature_extraction_naturelm import NatureLMFeatureExtractor
     from naturelm.processing_naturelm import NatureLMProcessor
 
+    keep_freed_memory_mapped()
     started = time.perf_counter()
     config = NatureLMConfig()
     with torch.device("meta"):
@@ -120,17 +130,19 @@ def main() -> None:
     parser.add_argument("sizes", nargs="*", default=["tiny", "mid", "full"])
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="fp32")
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs per configuration (median reported)")
     parser.add_argument("--one", help=argparse.SUPPRESS)  # internal: run one configuration, print JSON
     args = parser.parse_args()
     if args.one:
         size, batch, beams = args.one.split(",")
-        result = run_full(args.dtype) if size == "full" else run_config(size, int(batch), int(beams), args.dtype)
+        result = (run_full(args.dtype) if size == "full"
+                  else run_config(size, int(batch), int(beams), args.dtype, args.repeats))
         print(json.dumps(result))
         return
 
     def one(size: str, batch: int, beams: int) -> dict:
-        output = subprocess.run([sys.executable, __file__, "--one", f"{size},{batch},{beams}", "--dtype", args.dtype],
-                                capture_output=True, text=True, check=True)
+        output = subprocess.run([sys.executable, __file__, "--one", f"{size},{batch},{beams}", "--dtype", args.dtype,
+                                 "--repeats", str(args.repeats)], capture_output=True, text=True, check=True)
         return json.loads(output.stdout.strip().splitlines()[-1])
 
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, dtype {args.dtype}")

@@ -5,13 +5,21 @@ import argparse
 import sys
 from pathlib import Path
 
+import torch
+
 from .audio import find_audio_files
 from .convert import DTYPES, ConversionError, convert
 from .embed import embed_files, write_embeddings
 from .evaluation.commands import add_evaluate_parser
 from .evaluation.errors import EvaluationError
 from .infer import FORMATS, ResultWriter, run
-from .loading import RELEASED_BASE_MODEL, RELEASED_MODEL, WeightsUnavailableError, load_model
+from .loading import (
+    RELEASED_BASE_MODEL,
+    RELEASED_MODEL,
+    WeightsUnavailableError,
+    keep_freed_memory_mapped,
+    load_model,
+)
 from .pipeline_naturelm import DEFAULT_QUERY
 
 
@@ -27,7 +35,11 @@ def _load(args: argparse.Namespace):
     if args.smoke:
         print("SMOKE MODE: a tiny random NatureLM model, not the released weights; answers are meaningless.",
               file=sys.stderr)
-    model, processor = load_model(args.model, args.base_model, DTYPES[args.dtype], args.merging_alpha, args.smoke)
+    if torch.device(args.device).type == "cpu":
+        keep_freed_memory_mapped()
+    model, processor = load_model(
+        args.model, args.base_model, DTYPES[args.dtype], args.merging_alpha, args.smoke, merge_adapter=True
+    )
     return model.to(args.device), processor
 
 

@@ -267,10 +267,16 @@ class NatureLMFeatureExtractor(SequenceFeatureExtractor):
         operation order so that it matches to rounding error. Returns `(batch, num_frames, num_mel_bins)`.
         """
         frames = (waveforms * KALDI_PCM_SCALE).unfold(-1, self.window_size, self.window_shift)
-        frames = frames - frames.mean(dim=-1, keepdim=True)
-        previous = torch.cat([frames[..., :1], frames[..., :-1]], dim=-1)  # Kaldi repeats the first sample
-        frames = (frames - KALDI_PREEMPHASIS * previous) * self.window
-        power = torch.fft.rfft(frames, n=self.n_fft).abs().pow(2)
+        # Frames are written straight into the zero-padded FFT input, saving three full-size temporaries.
+        padded = frames.new_zeros(*frames.shape[:-1], self.n_fft)
+        frames = torch.sub(frames, frames.mean(dim=-1, keepdim=True), out=padded[..., : self.window_size])
+        previous = KALDI_PREEMPHASIS * frames[..., :-1]
+        frames[..., :1].sub_(KALDI_PREEMPHASIS * frames[..., :1])  # Kaldi repeats the first sample
+        frames[..., 1:].sub_(previous)
+        frames.mul_(self.window)
+        spectrum = torch.fft.rfft(padded)
+        # re^2 + im^2 rather than torchaudio's abs().pow(2): the same to rounding, without a slow complex hypot
+        power = spectrum.real.square() + spectrum.imag.square()
         return torch.matmul(power, self.mel_filters).clamp_min(KALDI_LOG_FLOOR).log()
 
     def __call__(

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from transformers import Pipeline
+from transformers import LogitsProcessor, LogitsProcessorList, Pipeline
 
 from .feature_extraction_naturelm import resample
 
@@ -44,6 +44,25 @@ def build_prompt(processor, query: str) -> str:
     return processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
 
 
+class MinNewTokensInPlaceLogitsProcessor(LogitsProcessor):
+    """`min_new_tokens` by writing -inf into the few EOS columns in place.
+
+    transformers' `MinLengthLogitsProcessor` and `MinNewTokensLengthLogitsProcessor` (both active for
+    `min_new_tokens`) each clone the scores and rebuild an EOS mask over the whole 128k vocabulary at every step,
+    which measured a third of a small model's decoding time on CPU. Same result, a few element writes instead.
+    """
+
+    def __init__(self, prompt_length: int, min_new_tokens: int, eos_token_id: int | list[int]):
+        self.prompt_length = prompt_length
+        self.min_new_tokens = min_new_tokens
+        self.eos_token_id = [eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id)
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        if input_ids.shape[-1] - self.prompt_length < self.min_new_tokens:
+            scores[:, self.eos_token_id] = -float("inf")
+        return scores
+
+
 def generate_answers(model, processor, windows: list[AudioWindow], **generate_kwargs) -> list[str]:
     """Answers for a batch of windows in one `generate` call (left-padded prompts), decoded as generated."""
     batch = processor(
@@ -51,6 +70,13 @@ def generate_answers(model, processor, windows: list[AudioWindow], **generate_kw
         sampling_rate=processor.feature_extractor.sampling_rate,
     ).to(model.device)
     batch["input_features"] = batch["input_features"].to(model.dtype)
+    min_new_tokens = generate_kwargs.pop("min_new_tokens", None)
+    eos_token_id = generate_kwargs.get("eos_token_id", model.generation_config.eos_token_id)
+    if min_new_tokens and eos_token_id is not None:
+        generate_kwargs["logits_processor"] = LogitsProcessorList(
+            [*generate_kwargs.get("logits_processor", []),
+             MinNewTokensInPlaceLogitsProcessor(batch["input_ids"].shape[1], min_new_tokens, eos_token_id)]
+        )
     output = model.generate(**batch, **generate_kwargs)
     return processor.batch_decode(output[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)
 

@@ -6,6 +6,8 @@ import shutil
 import subprocess
 import sys
 
+import torch
+
 
 def _run(args, tmp_path, **env):
     environment = {**os.environ, "HF_HOME": str(tmp_path / "hf_home"), **env}
@@ -49,3 +51,31 @@ def test_smoke_mode_runs_every_window_and_reports_bad_files(tmp_path, audio_dir)
     assert all(isinstance(r["text"], str) for r in good)
     errors = {os.path.basename(r["file"]): r["error"] for r in rows if "error" in r}
     assert set(errors) == {"empty.wav", "folder.wav"}  # notes.txt is not audio and is not picked up
+
+
+def test_freed_memory_stays_mapped_after_tuning(tmp_path):
+    """Without the tuning glibc unmaps a freed 256 MB tensor at once; with it the pages stay for the next one."""
+    script = (
+        "import sys, torch\n"
+        "from naturelm.loading import keep_freed_memory_mapped\n"
+        "assert sys.argv[1] == '0' or keep_freed_memory_mapped()\n"
+        "rss = lambda: int(open('/proc/self/statm').read().split()[1]) * 4096\n"
+        "before = rss(); block = torch.ones(64 * 2**20); del block\n"
+        "print(rss() - before)\n"
+    )
+    kept = {flag: int(subprocess.run([sys.executable, "-c", script, flag], capture_output=True, text=True,
+                                     check=True).stdout) for flag in ("0", "1")}
+    assert kept["0"] < 2**27 < kept["1"]
+
+
+def test_load_model_merges_the_adapter_for_inference(reference):
+    from naturelm.loading import load_model
+    from naturelm.pipeline_naturelm import build_prompt
+
+    model, processor = load_model("unused", smoke=True)
+    merged, _ = load_model("unused", smoke=True, merge_adapter=True)
+    assert model._lora_layers() and not merged._lora_layers()
+    batch = processor(text=build_prompt(processor, "Caption the audio."), audio=reference["waveform"][0].numpy(),
+                      sampling_rate=16000)
+    with torch.no_grad():
+        torch.testing.assert_close(merged(**batch).logits, model(**batch).logits, atol=1e-5, rtol=1e-5)

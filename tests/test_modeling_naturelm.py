@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from naturelm.modeling_naturelm import NatureLMBeatsWeightNormConv1d
 from naturelm.testing_utils import tiny_model_and_processor
 
 QUERIES = ["What is the common name for the focal species in the audio? Answer:", "Caption the audio."]
@@ -193,3 +194,19 @@ def test_gradient_checkpointing_gives_the_same_gradients(tokenizer_dir, clips):
         model(**batch).loss.backward()
         grads.append(model.model.audio_tower.patch_embedding.weight.grad.clone())
     assert grads[0].abs().sum() > 0 and torch.allclose(grads[0], grads[1], atol=1e-6)
+
+
+@pytest.mark.parametrize("kernel_size, groups", [(128, 16), (5, 2), (4, 4)])
+def test_fft_positional_convolution_equals_direct_convolution(kernel_size, groups):
+    torch.manual_seed(0)
+    conv = NatureLMBeatsWeightNormConv1d(8 * groups, 8 * groups, kernel_size, padding=kernel_size // 2, groups=groups)
+    torch.nn.init.normal_(conv.bias)
+    inputs = torch.randn(3, 8 * groups, 150, requires_grad=True)
+    direct = torch.nn.functional.conv1d(inputs, conv.weight, conv.bias, padding=kernel_size // 2, groups=groups)
+    output = conv(inputs)
+    assert output.shape == direct.shape
+    torch.testing.assert_close(output, direct, atol=1e-5, rtol=1e-5)
+    grad = torch.randn_like(direct)
+    expected = torch.autograd.grad(direct, [inputs, *conv.parameters()], grad)
+    for ours, theirs in zip(torch.autograd.grad(output, [inputs, *conv.parameters()], grad), expected):
+        torch.testing.assert_close(ours, theirs, atol=1e-4, rtol=1e-4)

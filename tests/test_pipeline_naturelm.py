@@ -4,11 +4,11 @@ import numpy as np
 import pytest
 import soundfile
 import torch
-from transformers import pipeline
+from transformers import LogitsProcessorList, MinLengthLogitsProcessor, MinNewTokensLengthLogitsProcessor, pipeline
 
 from naturelm import NatureLMPipeline
 from naturelm.convert import convert, from_original
-from naturelm.pipeline_naturelm import TASK, build_prompt, window_starts
+from naturelm.pipeline_naturelm import TASK, MinNewTokensInPlaceLogitsProcessor, build_prompt, window_starts
 from naturelm.testing_utils import tiny_model_and_processor
 
 
@@ -95,6 +95,23 @@ def test_bad_inputs_are_clear_errors(tokenizer_dir):
         pipe(np.full(16000, np.nan, np.float32), sampling_rate=16000)
     with pytest.raises(ValueError, match="2 inputs but 1 queries"):
         pipe([np.zeros(16000, np.float32)] * 2, sampling_rate=16000, query=["a"])
+
+
+@pytest.mark.parametrize("eos_token_id", [128009, [128001, 128008, 128009]])
+def test_min_new_tokens_processor_matches_transformers(eos_token_id):
+    prompt_length, min_new_tokens = 7, 3
+    ours = MinNewTokensInPlaceLogitsProcessor(prompt_length, min_new_tokens, eos_token_id)
+    theirs = LogitsProcessorList([  # what `generate(min_new_tokens=3)` builds for a 7-token prompt
+        MinLengthLogitsProcessor(prompt_length + min_new_tokens, eos_token_id),
+        MinNewTokensLengthLogitsProcessor(prompt_length, min_new_tokens, eos_token_id),
+    ])
+    generator = torch.Generator().manual_seed(0)
+    for length in range(prompt_length, prompt_length + min_new_tokens + 2):
+        input_ids = torch.zeros(3, length, dtype=torch.long)
+        scores = torch.randn(3, 128257, generator=generator)
+        expected = theirs(input_ids, scores.clone())
+        assert torch.equal(ours(input_ids, scores.clone()), expected)
+        assert torch.isinf(expected[:, eos_token_id]).all() == (length < prompt_length + min_new_tokens)
 
 
 def test_window_starts_keep_the_tail():

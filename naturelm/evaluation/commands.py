@@ -54,7 +54,7 @@ def _beans_zero(args: argparse.Namespace) -> None:
     import torch
 
     from ..convert import DTYPES
-    from ..loading import load_model
+    from ..loading import keep_freed_memory_mapped, load_model
     from .dataset import component_label_sets, iter_rows, load_beans_zero
     from .errors import EvaluationError
     from .runner import run_beans_zero
@@ -67,8 +67,12 @@ def _beans_zero(args: argparse.Namespace) -> None:
     dataset = load_beans_zero(args.dataset, args.split, args.streaming)
     if args.smoke:
         _log("SMOKE MODE: a tiny random NatureLM model, not the released weights; answers are meaningless.")
-    model, processor = load_model(args.model, args.base_model, DTYPES[args.dtype], args.merging_alpha, smoke=args.smoke)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if torch.device(device).type == "cpu":
+        keep_freed_memory_mapped()
+    model, processor = load_model(
+        args.model, args.base_model, DTYPES[args.dtype], args.merging_alpha, smoke=args.smoke, merge_adapter=True
+    )
     model.to(device)
     output_dir.mkdir(parents=True, exist_ok=True)
     summary = run_beans_zero(
