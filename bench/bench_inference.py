@@ -6,7 +6,8 @@ forced so random weights cannot stop early), greedy and with 2 beams, batched an
 
 - `tiny`: the parity model converted from `../shared/parity` (env NATURELM_PARITY_DIR), 5 minutes of audio;
 - `mid`: random weights, full BEATs (12 x 768) and Q-Former (768), a Llama of hidden 512 x 4 layers, 2 minutes;
-- `full`: one 10-s window through the full-size architecture (Llama-3.1-8B shaped, random bf16 weights).
+- `full`: one 10-s window through the full-size architecture (Llama-3.1-8B shaped, random bf16 weights; `--dtype`
+  does not apply).
 
 Each configuration runs in its own process so that its peak RSS is its own, set up as `naturelm infer` sets itself up
 on CPU (freed memory kept mapped, LoRA merged into the weights). After one warm-up batch, the recording is run
@@ -89,21 +90,21 @@ def run_config(size: str, batch_size: int, num_beams: int, dtype: str, repeats: 
     }
 
 
-def run_full(dtype: str) -> dict:
-    """One 10-s window through the full-size architecture, built straight in bf16 (never fp32)."""
+def run_full() -> dict:
+    """One 10-s window through the full-size architecture in bf16, built on the meta device (never fp32), placed as
+    `naturelm infer` places it (audio encoder in fp32 on a CPU without native bf16)."""
     from naturelm import NatureLMConfig, NatureLMForConditionalGeneration
-    from naturelm.loading import keep_freed_memory_mapped
-    from naturelm.pipeline_naturelm import TASK, NatureLMPipeline
-    from naturelm.testing_utils import llama3_tokenizer
     from naturelm.feature_extraction_naturelm import NatureLMFeatureExtractor
+    from naturelm.loading import audio_encoder_to_fp32_without_native_bf16, keep_freed_memory_mapped
+    from naturelm.pipeline_naturelm import TASK, NatureLMPipeline
     from naturelm.processing_naturelm import NatureLMProcessor
+    from naturelm.testing_utils import llama3_tokenizer
 
     keep_freed_memory_mapped()
     started = time.perf_counter()
-    config = NatureLMConfig()
     with torch.device("meta"):
-        model = NatureLMForConditionalGeneration(config)
-    model = model.to_empty(device="cpu").to(DTYPES[dtype])
+        model = NatureLMForConditionalGeneration(NatureLMConfig())
+    model = model.to(torch.bfloat16).to_empty(device="cpu")
     generator = torch.Generator().manual_seed(0)
     with torch.no_grad():
         for param in model.parameters():  # cheap random weights, filled in place
@@ -113,6 +114,7 @@ def run_full(dtype: str) -> dict:
                 inv_freq, module.attention_scaling = module.rope_init_fn(module.config, "cpu")
                 module.inv_freq = inv_freq
                 module.original_inv_freq = inv_freq
+    fp32_encoder = audio_encoder_to_fp32_without_native_bf16(model)
     build_seconds = time.perf_counter() - started
     processor = NatureLMProcessor(NatureLMFeatureExtractor(), llama3_tokenizer())
     pipe = NatureLMPipeline(model=model.eval(), processor=processor, task=TASK, device=torch.device("cpu"))
@@ -120,7 +122,7 @@ def run_full(dtype: str) -> dict:
     started = time.perf_counter()
     with torch.inference_mode():
         pipe(audio, sampling_rate=16000, batch_size=1, max_new_tokens=20, min_new_tokens=20, do_sample=False)
-    return {"size": "full", "dtype": dtype, "build_seconds": build_seconds,
+    return {"size": "full", "fp32_audio_encoder": fp32_encoder, "build_seconds": build_seconds,
             "seconds_per_window": time.perf_counter() - started,
             "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}
 
@@ -135,8 +137,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.one:
         size, batch, beams = args.one.split(",")
-        result = (run_full(args.dtype) if size == "full"
-                  else run_config(size, int(batch), int(beams), args.dtype, args.repeats))
+        result = run_full() if size == "full" else run_config(size, int(batch), int(beams), args.dtype, args.repeats)
         print(json.dumps(result))
         return
 
@@ -149,7 +150,8 @@ def main() -> None:
     for size in args.sizes:
         if size == "full":
             r = one("full", 1, 1)
-            print(f"full   1 window: {r['seconds_per_window']:.1f} s/window, peak RSS {r['peak_rss_gb']:.1f} GB "
+            print(f"full   1 window, bf16 LLM, {'fp32' if r['fp32_audio_encoder'] else 'bf16'} audio encoder: "
+                  f"{r['seconds_per_window']:.1f} s/window, peak RSS {r['peak_rss_gb']:.1f} GB "
                   f"(built in {r['build_seconds']:.1f} s)")
             continue
         for beams in (1, 2):

@@ -17,6 +17,7 @@ from .loading import (
     RELEASED_BASE_MODEL,
     RELEASED_MODEL,
     WeightsUnavailableError,
+    audio_encoder_to_fp32_without_native_bf16,
     keep_freed_memory_mapped,
     load_model,
 )
@@ -40,7 +41,9 @@ def _load(args: argparse.Namespace):
     model, processor = load_model(
         args.model, args.base_model, DTYPES[args.dtype], args.merging_alpha, args.smoke, merge_adapter=True
     )
-    return model.to(args.device), processor
+    model = model.to(args.device)
+    audio_encoder_to_fp32_without_native_bf16(model)
+    return model, processor
 
 
 def _labels(value: str | None) -> list[str] | None:

@@ -387,9 +387,10 @@ class NatureLMModel(NatureLMPreTrainedModel):
 
         Returns a [`BaseModelOutputWithPooling`]: `last_hidden_state` holds the BEATs features and
         `pooler_output` the LLM-space audio embeddings of shape `(num_clips, num_audio_tokens, text_hidden_size)`.
-        Every position is valid: clips are padded to the window, as the original was trained.
+        Every position is valid: clips are padded to the window, as the original was trained. The features are cast to
+        the audio tower's dtype, which may differ from the language model's (e.g. fp32 encoder, bf16 LLM on CPU).
         """
-        audio_hidden_states = self.audio_tower(input_features).last_hidden_state
+        audio_hidden_states = self.audio_tower(input_features.to(self.audio_tower.dtype)).last_hidden_state
         audio_embeds = self.audio_projector(audio_hidden_states)
         return BaseModelOutputWithPooling(last_hidden_state=audio_hidden_states, pooler_output=audio_embeds)
 

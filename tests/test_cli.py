@@ -1,11 +1,13 @@
 """The `naturelm` command as a user runs it."""
 
+import copy
 import json
 import os
 import shutil
 import subprocess
 import sys
 
+import pytest
 import torch
 
 
@@ -79,3 +81,27 @@ def test_load_model_merges_the_adapter_for_inference(reference):
                       sampling_rate=16000)
     with torch.no_grad():
         torch.testing.assert_close(merged(**batch).logits, model(**batch).logits, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("native_bf16", [False, True])
+def test_audio_encoder_runs_in_fp32_on_a_cpu_without_native_bf16(reference, monkeypatch, native_bf16):
+    from naturelm.loading import audio_encoder_to_fp32_without_native_bf16, load_model
+    from naturelm.pipeline_naturelm import build_prompt, generate_answers, AudioWindow
+
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: native_bf16)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    model, processor = load_model("unused", smoke=True)
+    reference_model = copy.deepcopy(model).to(torch.bfloat16).float()  # the same bf16-rounded weights, all fp32
+    model = model.to(torch.bfloat16)
+    assert audio_encoder_to_fp32_without_native_bf16(model) is not native_bf16
+    expected = torch.float32 if not native_bf16 else torch.bfloat16
+    assert model.model.audio_tower.dtype == model.model.audio_projector.linear.weight.dtype == expected
+    assert model.model.language_model.dtype == torch.bfloat16
+    clip = reference["waveform"][0].numpy()
+    features = processor.feature_extractor(clip, sampling_rate=16000, return_tensors="pt").input_features
+    with torch.no_grad():
+        embeds = model.get_audio_features(features).pooler_output
+        if not native_bf16:
+            assert torch.equal(embeds, reference_model.get_audio_features(features).pooler_output)
+    window = AudioWindow(0, 0.0, 10.0, clip, build_prompt(processor, "Caption the audio."))
+    assert len(generate_answers(model, processor, [window], max_new_tokens=3, do_sample=False)) == 1
