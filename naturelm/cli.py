@@ -5,22 +5,13 @@ import argparse
 import sys
 from pathlib import Path
 
-import torch
-
 from .audio import find_audio_files
 from .convert import DTYPES, ConversionError, convert
 from .embed import embed_files, write_embeddings
 from .evaluation.commands import add_evaluate_parser
 from .evaluation.errors import EvaluationError
 from .infer import FORMATS, ResultWriter, run
-from .loading import (
-    RELEASED_BASE_MODEL,
-    RELEASED_MODEL,
-    WeightsUnavailableError,
-    audio_encoder_to_fp32_without_native_bf16,
-    keep_freed_memory_mapped,
-    load_model,
-)
+from .loading import RELEASED_BASE_MODEL, RELEASED_MODEL, WeightsUnavailableError, load_for_inference
 from .pipeline_naturelm import DEFAULT_QUERY
 
 
@@ -36,14 +27,9 @@ def _load(args: argparse.Namespace):
     if args.smoke:
         print("SMOKE MODE: a tiny random NatureLM model, not the released weights; answers are meaningless.",
               file=sys.stderr)
-    if torch.device(args.device).type == "cpu":
-        keep_freed_memory_mapped()
-    model, processor = load_model(
-        args.model, args.base_model, DTYPES[args.dtype], args.merging_alpha, args.smoke, merge_adapter=True
+    return load_for_inference(
+        args.model, args.base_model, DTYPES[args.dtype], args.merging_alpha, args.smoke, args.device
     )
-    model = model.to(args.device)
-    audio_encoder_to_fp32_without_native_bf16(model)
-    return model, processor
 
 
 def _labels(value: str | None) -> list[str] | None:

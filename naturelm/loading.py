@@ -83,6 +83,24 @@ def load_model(
     return loaded[0].eval(), loaded[1]
 
 
+def load_for_inference(
+    model: str,
+    base_model: str = RELEASED_BASE_MODEL,
+    dtype: torch.dtype = torch.bfloat16,
+    merging_alpha: float | None = None,
+    smoke: bool = False,
+    device: str | torch.device = "cpu",
+) -> tuple[NatureLMForConditionalGeneration, NatureLMProcessor]:
+    """`load_model` set up as the command-line tools run inference: the LoRA adapter merged, the model on `device`,
+    and on CPU freed memory kept mapped and the audio encoder in fp32 where bf16 is not native."""
+    if torch.device(device).type == "cpu":
+        keep_freed_memory_mapped()
+    loaded, processor = load_model(model, base_model, dtype, merging_alpha, smoke, merge_adapter=True)
+    loaded = loaded.to(device)
+    audio_encoder_to_fp32_without_native_bf16(loaded)
+    return loaded, processor
+
+
 def _load_real(model: str, base_model: str, dtype: torch.dtype):
     from .convert import from_original
 

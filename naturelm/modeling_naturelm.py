@@ -53,7 +53,7 @@ class NatureLMBeatsWeightNormConv1d(nn.Conv1d):
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         """`(batch, channels, time)` -> `(batch, channels, time + 2 * padding - kernel_size + 1)`, as `nn.Conv1d`."""
-        batch, channels, length = hidden_states.shape
+        batch, _, length = hidden_states.shape
         out_channels, group_channels, taps = self.weight.shape
         groups, padding = self.groups, self.padding[0]
         n_fft = length + taps  # long enough for a linear (not circular) convolution

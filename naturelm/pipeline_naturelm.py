@@ -69,7 +69,6 @@ def generate_answers(model, processor, windows: list[AudioWindow], **generate_kw
         text=[w.prompt for w in windows], audio=[w.audio for w in windows],
         sampling_rate=processor.feature_extractor.sampling_rate,
     ).to(model.device)
-    batch["input_features"] = batch["input_features"].to(model.dtype)
     min_new_tokens = generate_kwargs.pop("min_new_tokens", None)
     eos_token_id = generate_kwargs.get("eos_token_id", model.generation_config.eos_token_id)
     if min_new_tokens and eos_token_id is not None:
@@ -102,7 +101,6 @@ def score_candidate_labels(model, processor, windows: list[AudioWindow], labels:
         text=[w.prompt for w in windows], audio=[w.audio for w in windows],
         sampling_rate=processor.feature_extractor.sampling_rate,
     ).to(model.device)
-    prefix["input_features"] = prefix["input_features"].to(model.dtype)
     positions = (prefix["attention_mask"].cumsum(-1) - 1).clamp(min=0)
     out = model(**prefix, position_ids=positions, use_cache=True, logits_to_keep=1)
     first = out.logits[:, -1].float().log_softmax(-1)[:, tokens[:, 0].to(model.device)]  # (windows, labels)
@@ -133,7 +131,7 @@ def embed_windows(model, processor, windows: list[AudioWindow]) -> tuple[np.ndar
     """Per-window embeddings: the mean of the LLM-space audio tokens and the mean of the BEATs features."""
     features = processor.feature_extractor(
         [w.audio for w in windows], sampling_rate=processor.feature_extractor.sampling_rate, return_tensors="pt"
-    ).input_features.to(model.device, model.dtype)
+    ).input_features.to(model.device)
     output = model.get_audio_features(features)
     return output.pooler_output.float().mean(1).cpu().numpy(), output.last_hidden_state.float().mean(1).cpu().numpy()
 

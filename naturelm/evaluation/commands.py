@@ -54,7 +54,7 @@ def _beans_zero(args: argparse.Namespace) -> None:
     import torch
 
     from ..convert import DTYPES
-    from ..loading import audio_encoder_to_fp32_without_native_bf16, keep_freed_memory_mapped, load_model
+    from ..loading import load_for_inference
     from .dataset import component_label_sets, iter_rows, load_beans_zero
     from .errors import EvaluationError
     from .runner import run_beans_zero
@@ -68,13 +68,9 @@ def _beans_zero(args: argparse.Namespace) -> None:
     if args.smoke:
         _log("SMOKE MODE: a tiny random NatureLM model, not the released weights; answers are meaningless.")
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    if torch.device(device).type == "cpu":
-        keep_freed_memory_mapped()
-    model, processor = load_model(
-        args.model, args.base_model, DTYPES[args.dtype], args.merging_alpha, smoke=args.smoke, merge_adapter=True
+    model, processor = load_for_inference(
+        args.model, args.base_model, DTYPES[args.dtype], args.merging_alpha, args.smoke, device
     )
-    model.to(device)
-    audio_encoder_to_fp32_without_native_bf16(model)
     output_dir.mkdir(parents=True, exist_ok=True)
     summary = run_beans_zero(
         model, processor, iter_rows(dataset, args.components, args.limit), predictions,
