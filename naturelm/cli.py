@@ -50,11 +50,13 @@ def _infer(args: argparse.Namespace) -> int:
     labels = _labels(args.labels)
     writer = ResultWriter(Path(args.output) if args.output else None, fmt, args.resume, args.overwrite)
     model, processor = _load(args)
+    # decoding settings not given here come from the checkpoint's generation config (the original's: 2 beams, ...)
+    decoding = {name: getattr(args, name) for name in ("num_beams", "max_new_tokens", "min_new_tokens")
+                if getattr(args, name) is not None}
     try:
         summary = run(
             model, processor, files, writer, args.query, labels, args.window, args.hop, args.batch_size,
-            progress=not args.no_progress, max_new_tokens=args.max_new_tokens, min_new_tokens=args.min_new_tokens,
-            num_beams=args.num_beams, do_sample=False,
+            progress=not args.no_progress, **decoding,
         )
     finally:
         writer.close()
@@ -106,8 +108,9 @@ def build_parser() -> argparse.ArgumentParser:
     infer.add_argument("--query", default=DEFAULT_QUERY)
     infer.add_argument("--labels", help="candidate labels (a file, one per line, or a,b,c): score them instead of "
                        "generating; the answer is always one of them")
-    infer.add_argument("--num-beams", type=int, default=1)
-    infer.add_argument("--max-new-tokens", type=int, default=50)
+    infer.add_argument("--num-beams", type=int, help="beams (default: the checkpoint's generation config; 2 for "
+                       "NatureLM, as the original decodes)")
+    infer.add_argument("--max-new-tokens", type=int, help="longest answer (default: the checkpoint's; 300)")
     infer.add_argument("--min-new-tokens", type=int, default=None, help="force at least this many (benchmarks)")
     infer.add_argument("--output", help="results file (default: standard output)")
     infer.add_argument("--format", choices=FORMATS, help="jsonl (default), csv, or raven (a Raven Pro selection "

@@ -6,6 +6,7 @@ Llama folder supplies the LLM config, the tokenizer and, in the hub layout, the 
 mapped by an explicit rule; an unmapped, missing or mis-shaped tensor stops the conversion with its name.
 """
 
+import copy
 import json
 import re
 from pathlib import Path
@@ -26,6 +27,13 @@ from .processing_naturelm import NatureLMProcessor
 PAD_TOKEN = "[PAD]"
 LLAMA3_END_TOKENS = ("<|end_of_text|>", "<|eom_id|>", "<|eot_id|>")
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+# How the original decodes (its `configs/inference.yml`, and the paper's results): beam search with 2 beams, no
+# sampling, no repetition or length penalty, up to 300 new tokens. A base Llama's generation config samples (Meta's
+# Llama-3.1-8B-Instruct: do_sample, temperature 0.6, top_p 0.9), so every NatureLM checkpoint writes these over it.
+ORIGINAL_DECODING = dict(
+    num_beams=2, do_sample=False, max_new_tokens=300, repetition_penalty=1.0, length_penalty=1.0,
+    temperature=None, top_p=None, top_k=None,
+)
 
 # The original builds its Q-Former from bert-base-uncased's config (head counts cannot be read off weight shapes);
 # NatureLMConfig's Q-Former defaults are exactly those values.
@@ -244,19 +252,30 @@ def from_original(
     return model, finish_model(model, tokenizer, generation)
 
 
-def finish_model(
-    model: NatureLMForConditionalGeneration, tokenizer, generation: GenerationConfig
-) -> NatureLMProcessor:
-    """Sets the generation config (stop on every Llama 3.1 end token, pad with `[PAD]`) from the base LM's and
-    returns the processor that matches the model's windowing."""
-    config = model.config
-    config.text_config.pad_token_id = tokenizer.pad_token_id
+def naturelm_generation_config(tokenizer, base: GenerationConfig | None = None) -> GenerationConfig:
+    """The base LM's generation config made NatureLM's: the original's decoding (`ORIGINAL_DECODING`), stopping on
+    every Llama 3.1 end token, padding with `[PAD]`."""
+    generation = copy.deepcopy(base) if base is not None else GenerationConfig()
     vocab = tokenizer.get_vocab()
     end_ids = {vocab[token] for token in LLAMA3_END_TOKENS if token in vocab}
-    generation.bos_token_id = tokenizer.bos_token_id
-    generation.eos_token_id = sorted({*_as_list(generation.eos_token_id), *end_ids})
-    generation.pad_token_id = tokenizer.pad_token_id
-    model.generation_config = generation
+    generation.update(
+        **ORIGINAL_DECODING,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=sorted({*_as_list(generation.eos_token_id), *end_ids}),
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    generation.validate(strict=True)
+    return generation
+
+
+def finish_model(
+    model: NatureLMForConditionalGeneration, tokenizer, generation: GenerationConfig | None = None
+) -> NatureLMProcessor:
+    """Sets the generation config (`naturelm_generation_config` over the base LM's) and returns the processor that
+    matches the model's windowing."""
+    config = model.config
+    config.text_config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config = naturelm_generation_config(tokenizer, generation)
     return NatureLMProcessor(
         NatureLMFeatureExtractor(),
         tokenizer,

@@ -13,13 +13,22 @@ from torch.nn import functional as F
 from transformers import AutoModel, Blip2QFormerModel, GenerationMixin, PreTrainedModel
 from transformers import initialization as init
 from transformers.activations import ACT2FN
-from transformers.cache_utils import Cache
 from transformers.modeling_layers import GradientCheckpointingLayer
-from transformers.modeling_outputs import BaseModelOutput, BaseModelOutputWithPast, BaseModelOutputWithPooling
+from transformers.modeling_outputs import (
+    BaseModelOutput,
+    BaseModelOutputWithPast,
+    BaseModelOutputWithPooling,
+    CausalLMOutputWithPast,
+)
 from transformers.modeling_utils import slice_logits_to_keep
 from transformers.utils import ModelOutput
 
 from .configuration_naturelm import NatureLMBeatsConfig, NatureLMConfig
+
+# transformers 5.24 renamed the KV cache of model inputs and outputs from `past_key_values` to `cache`. The cache is
+# passed through `**kwargs` and the outputs subclass transformers' own, so both spellings work; callers that hand a
+# cache back in by name use this one.
+CACHE_KWARG = "cache" if "cache" in CausalLMOutputWithPast.__dataclass_fields__ else "past_key_values"
 
 
 class _GradMultiply(torch.autograd.Function):
@@ -324,7 +333,7 @@ class NatureLMPreTrainedModel(PreTrainedModel):
     input_modalities = ("audio", "text")
     supports_gradient_checkpointing = True
     _no_split_modules = ["NatureLMBeatsEncoderLayer", "Blip2QFormerLayer", "LlamaDecoderLayer"]
-    _skip_keys_device_placement = "past_key_values"
+    _skip_keys_device_placement = CACHE_KWARG
     _supports_sdpa = True
     _supports_flash_attn = True
     _supports_attention_backend = True
@@ -348,7 +357,7 @@ class NatureLMModelOutputWithPast(BaseModelOutputWithPast):
 
 
 @dataclass
-class NatureLMCausalLMOutputWithPast(ModelOutput):
+class NatureLMCausalLMOutputWithPast(CausalLMOutputWithPast):
     r"""
     loss (`torch.FloatTensor` of shape `(1,)`, *optional*): mean next-token loss over the labelled tokens.
     logits (`torch.FloatTensor` of shape `(batch_size, sequence_length, vocab_size)`): language model scores.
@@ -356,11 +365,6 @@ class NatureLMCausalLMOutputWithPast(ModelOutput):
         The projected audio features spliced into the language model input.
     """
 
-    loss: torch.FloatTensor | None = None
-    logits: torch.FloatTensor | None = None
-    past_key_values: Cache | None = None
-    hidden_states: tuple[torch.FloatTensor, ...] | None = None
-    attentions: tuple[torch.FloatTensor, ...] | None = None
     audio_hidden_states: torch.FloatTensor | None = None
 
 
@@ -418,7 +422,6 @@ class NatureLMModel(NatureLMPreTrainedModel):
         input_features: torch.FloatTensor | None = None,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.LongTensor | None = None,
-        past_key_values: Cache | None = None,
         inputs_embeds: torch.FloatTensor | None = None,
         use_cache: bool | None = None,
         **kwargs,
@@ -443,21 +446,15 @@ class NatureLMModel(NatureLMPreTrainedModel):
             audio_embeds = audio_embeds.reshape(-1, audio_embeds.shape[-1]).to(inputs_embeds.device, inputs_embeds.dtype)
             inputs_embeds = inputs_embeds.masked_scatter(mask.unsqueeze(-1).to(inputs_embeds.device), audio_embeds)
 
+        # the KV cache travels in `kwargs` under the installed transformers' name (see CACHE_KWARG)
         outputs = self.language_model(
             inputs_embeds=inputs_embeds,
             attention_mask=attention_mask,
             position_ids=position_ids,
-            past_key_values=past_key_values,
             use_cache=use_cache,
             **kwargs,
         )
-        return NatureLMModelOutputWithPast(
-            last_hidden_state=outputs.last_hidden_state,
-            past_key_values=outputs.past_key_values,
-            hidden_states=outputs.hidden_states,
-            attentions=outputs.attentions,
-            audio_hidden_states=audio_embeds,
-        )
+        return NatureLMModelOutputWithPast(**outputs, audio_hidden_states=audio_embeds)
 
 
 class NatureLMForConditionalGeneration(NatureLMPreTrainedModel, GenerationMixin):
@@ -494,7 +491,6 @@ class NatureLMForConditionalGeneration(NatureLMPreTrainedModel, GenerationMixin)
         input_features: torch.FloatTensor | None = None,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.LongTensor | None = None,
-        past_key_values: Cache | None = None,
         inputs_embeds: torch.FloatTensor | None = None,
         labels: torch.LongTensor | None = None,
         use_cache: bool | None = None,
@@ -510,7 +506,6 @@ class NatureLMForConditionalGeneration(NatureLMPreTrainedModel, GenerationMixin)
             input_features=input_features,
             attention_mask=attention_mask,
             position_ids=position_ids,
-            past_key_values=past_key_values,
             inputs_embeds=inputs_embeds,
             use_cache=use_cache,
             **kwargs,
@@ -523,14 +518,8 @@ class NatureLMForConditionalGeneration(NatureLMPreTrainedModel, GenerationMixin)
             loss = self.loss_function(
                 logits=logits, labels=labels, vocab_size=self.config.text_config.vocab_size, **kwargs
             )
-        return NatureLMCausalLMOutputWithPast(
-            loss=loss,
-            logits=logits,
-            past_key_values=outputs.past_key_values,
-            hidden_states=outputs.hidden_states,
-            attentions=outputs.attentions,
-            audio_hidden_states=outputs.audio_hidden_states,
-        )
+        rest = {key: value for key, value in outputs.items() if key != "last_hidden_state"}
+        return NatureLMCausalLMOutputWithPast(loss=loss, logits=logits, **rest)
 
     def generate(self, *args, **kwargs) -> torch.LongTensor:
         features, input_ids = kwargs.get("input_features"), kwargs.get("input_ids", args[0] if args else None)

@@ -13,6 +13,8 @@ import torch
 from transformers import LogitsProcessor, LogitsProcessorList, Pipeline
 
 from .feature_extraction_naturelm import resample
+from .modeling_naturelm import CACHE_KWARG
+from .processing_naturelm import audio_instruction
 
 TASK = "naturelm-audio-text-to-text"
 DEFAULT_QUERY = "What is the common name for the focal species in the audio? Answer:"
@@ -39,8 +41,8 @@ def window_starts(num_samples: int, window: int, hop: int) -> list[int]:
 
 
 def build_prompt(processor, query: str) -> str:
-    """The original NatureLM prompt for one clip and a question."""
-    messages = [{"role": "user", "content": [{"type": "audio"}, {"type": "text", "text": query}]}]
+    """The original NatureLM prompt for one clip and a question (which may already hold the audio placeholder)."""
+    messages = [{"role": "user", "content": audio_instruction(query)}]
     return processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
 
 
@@ -106,7 +108,7 @@ def score_candidate_labels(model, processor, windows: list[AudioWindow], labels:
     first = out.logits[:, -1].float().log_softmax(-1)[:, tokens[:, 0].to(model.device)]  # (windows, labels)
 
     num_windows, num_labels = len(windows), len(labels)
-    cache = out.past_key_values
+    cache = out[CACHE_KWARG]
     cache.batch_repeat_interleave(num_labels)
     tokens, token_mask = tokens.to(model.device), token_mask.to(model.device)
     attention_mask = torch.cat(
@@ -115,7 +117,7 @@ def score_candidate_labels(model, processor, windows: list[AudioWindow], labels:
     next_positions = positions[:, -1:].repeat_interleave(num_labels, 0) + 1 + torch.arange(length, device=model.device)
     hidden = model.model(
         input_ids=tokens.repeat(num_windows, 1), attention_mask=attention_mask, position_ids=next_positions,
-        past_key_values=cache, use_cache=False,
+        use_cache=False, **{CACHE_KWARG: cache},
     ).last_hidden_state[:, :-1]
     targets = tokens[:, 1:].repeat(num_windows, 1)
     rest = torch.empty(targets.shape, device=model.device)
@@ -247,7 +249,6 @@ class NatureLMPipeline(Pipeline):
                  **rank_labels(candidate_labels, p.tolist())}
                 for w, p in zip(windows, probabilities)
             ]
-        generate_kwargs.setdefault("max_new_tokens", 50)
         texts = generate_answers(self.model, self.processor, windows, **generate_kwargs)
         return [{"input_index": w.input_index, "start": w.start, "end": w.end, "text": t.strip()}
                 for w, t in zip(windows, texts)]

@@ -5,6 +5,18 @@ import torch
 from transformers.feature_extraction_utils import BatchFeature
 from transformers.processing_utils import ProcessorMixin
 
+AUDIO_PLACEHOLDER = "<AudioHere>"
+AUDIO_SPAN = "<Audio><AudioHere></Audio>"
+
+
+def audio_instruction(query: str) -> str:
+    """The user turn about one clip, by the original's rule: a query that already holds `<AudioHere>` keeps the audio
+    where it stands; any other gets `<Audio><AudioHere></Audio> ` in front. Stripped, as the original strips it."""
+    if AUDIO_PLACEHOLDER not in query:
+        query = f"{AUDIO_SPAN} {query}"
+    return query.strip()
+
+
 # Renders exactly the original NatureLM prompt: "<Audio><AudioHere></Audio> {query}" inside a Llama 3.1 user turn.
 # A message's content is either a string (e.g. a BEANS-Zero instruction that already holds the placeholder) or a
 # list of {"type": "audio"} / {"type": "text", "text": ...} parts joined by single spaces.
@@ -161,4 +173,4 @@ class NatureLMProcessor(ProcessorMixin):
         return ["input_ids", "attention_mask", "input_features", "labels"]
 
 
-__all__ = ["NatureLMProcessor"]
+__all__ = ["AUDIO_PLACEHOLDER", "AUDIO_SPAN", "NatureLMProcessor", "audio_instruction"]

@@ -8,8 +8,7 @@ from transformers import AutoTokenizer, PreTrainedTokenizerFast
 from transformers.convert_slow_tokenizer import TikTokenConverter
 
 from .configuration_naturelm import NatureLMConfig
-from .convert import PAD_TOKEN, lora_config_for
-from .feature_extraction_naturelm import NatureLMFeatureExtractor
+from .convert import PAD_TOKEN, finish_model, lora_config_for
 from .modeling_naturelm import NatureLMForConditionalGeneration
 from .processing_naturelm import NatureLMProcessor
 
@@ -87,12 +86,5 @@ def tiny_model_and_processor(
             for name, param in model.named_parameters():
                 if "lora_B" in name:
                     param.normal_(std=0.02)
-    tokenizer = llama3_tokenizer(tokenizer_dir)
-    model.generation_config.pad_token_id = tokenizer.pad_token_id
-    model.generation_config.eos_token_id = [128001, 128008, 128009]
-    processor = NatureLMProcessor(
-        NatureLMFeatureExtractor(), tokenizer, window_tokens=config.window_tokens,
-        window_stride_tokens=config.window_stride_tokens,
-        num_query_tokens=config.num_query_tokens,
-    )
+    processor = finish_model(model, llama3_tokenizer(tokenizer_dir))
     return model.eval(), processor

@@ -136,8 +136,9 @@ def build_demo(settings: Settings = SETTINGS) -> gr.Blocks:
                                   elem_id="alpha",
                                   info="Scales the fine-tuned LoRA update; below 1 trades some in-domain accuracy "
                                        "for better zero-shot generalisation.")
-                max_new_tokens = gr.Slider(1, 200, value=50, step=1, label="Longest answer (tokens)",
-                                           elem_id="max-new-tokens")
+                # the other decoding settings (2 beams, no sampling) come from the checkpoint's generation config
+                max_new_tokens = gr.Slider(1, 300, value=engine.default_max_new_tokens(settings), step=1,
+                                           label="Longest answer (tokens)", elem_id="max-new-tokens")
         with gr.Tabs():
             with gr.Tab("Chat", id="chat"):
                 _chat_tab(settings, alpha, max_new_tokens)

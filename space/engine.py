@@ -19,11 +19,12 @@ import pandas as pd
 import torch
 
 from naturelm.audio import AudioError, audio_info, stream_windows
-from naturelm.convert import DTYPES
+from naturelm.convert import DTYPES, ORIGINAL_DECODING
 from naturelm.infer import MemoryWriter, format_table, run
 from naturelm.loading import RELEASED_BASE_MODEL, RELEASED_MODEL, WeightsUnavailableError, load_model
 from naturelm.pipeline_naturelm import DEFAULT_QUERY, AudioWindow, generate_answers, window_starts
 from naturelm.plotting import figure_png, plot_windows, window_label
+from naturelm.processing_naturelm import audio_instruction
 
 try:  # Hugging Face's ZeroGPU helper; absent (or inactive) anywhere else
     import spaces
@@ -145,6 +146,15 @@ def default_alpha(settings: Settings) -> float:
     return 1.0
 
 
+def default_max_new_tokens(settings: Settings) -> int:
+    """The longest answer the checkpoint's generation config asks for (the original decodes up to 300 new tokens),
+    read from its `generation_config.json` alone, so the UI can show it before the model is loaded."""
+    generation = Path(settings.model) / "generation_config.json"
+    if not settings.smoke and generation.is_file():
+        return int(json.loads(generation.read_text()).get("max_new_tokens") or ORIGINAL_DECODING["max_new_tokens"])
+    return ORIGINAL_DECODING["max_new_tokens"]
+
+
 SETTINGS = Settings.from_env()
 MODEL = ModelHolder(SETTINGS)
 
@@ -236,7 +246,7 @@ def answer_clip(clip: np.ndarray, messages: list[dict], alpha: float, max_new_to
         model.set_merging_alpha(alpha)
         prompt = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
         window = AudioWindow(0, 0.0, len(clip) / SAMPLING_RATE, clip, prompt)
-        answer = generate_answers(model, processor, [window], max_new_tokens=int(max_new_tokens), do_sample=False)[0]
+        answer = generate_answers(model, processor, [window], max_new_tokens=int(max_new_tokens))[0]
     return answer.strip()
 
 
@@ -250,7 +260,7 @@ def run_windows(path: str, query: str, labels: list[str] | None, window: float, 
     with MODEL.lock, torch.inference_mode():
         model.set_merging_alpha(alpha)
         run(model, processor, [Path(path)], writer, query, labels, window, hop, SETTINGS.batch_size, progress=True,
-            max_new_tokens=int(max_new_tokens), do_sample=False)
+            max_new_tokens=int(max_new_tokens))
     return writer.results[str(Path(path))]
 
 
@@ -270,8 +280,7 @@ def conversation(history: list[dict], question: str) -> list[dict]:
         if message["role"] in ("user", "assistant"):
             messages.append({"role": message["role"], "content": _message_text(message)})
     messages.append({"role": "user", "content": question})
-    first = messages[0]
-    messages[0] = {"role": "user", "content": [{"type": "audio"}, {"type": "text", "text": first["content"]}]}
+    messages[0] = {"role": "user", "content": audio_instruction(messages[0]["content"])}
     return messages
 
 

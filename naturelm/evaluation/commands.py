@@ -6,7 +6,6 @@ import json
 import sys
 from pathlib import Path
 
-from .generation import DEFAULT_MAX_NEW_TOKENS, DEFAULT_NUM_BEAMS
 
 PREDICTIONS_FILE = "predictions.jsonl"
 METRICS_FILE = "metrics.json"
@@ -136,8 +135,8 @@ def add_evaluate_parser(commands: argparse._SubParsersAction) -> None:
     run.add_argument("--merging-alpha", type=float, default=None)
     run.add_argument("--device", help="torch device (default: cuda when available, else cpu)")
     run.add_argument("--batch-size", type=int, default=8)
-    run.add_argument("--max-new-tokens", type=int, default=DEFAULT_MAX_NEW_TOKENS)
-    run.add_argument("--num-beams", type=int, default=DEFAULT_NUM_BEAMS)
+    run.add_argument("--max-new-tokens", type=int, help="default: the checkpoint's generation config (300)")
+    run.add_argument("--num-beams", type=int, help="default: the checkpoint's generation config (2, as the original)")
     run.add_argument("--spice-jar", help="SPICE jar for captioning (default: $NATURELM_SPICE_JAR or pycocoevalcap's)")
     run.add_argument("--smoke", action="store_true",
                      help="run a tiny random model instead of the released weights (pipeline check only)")

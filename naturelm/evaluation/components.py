@@ -3,6 +3,8 @@ evaluation. Taken from the official `beans-zero` dataset config (v1.0.0)."""
 
 from dataclasses import dataclass
 
+from ..processing_naturelm import audio_instruction
+
 TASKS = ("classification", "detection", "captioning")
 
 # The original evaluation cut or zero-padded every clip to its component's `max_duration`; components without one
@@ -117,9 +119,7 @@ def instruction_for(component: BeansZeroComponent, instruction: str) -> str:
     """
     if component.uses_generic_detection_prompt:
         instruction = GENERIC_DETECTION_PROMPT
-    if "<AudioHere>" not in instruction:
-        instruction = "<Audio><AudioHere></Audio> " + instruction
-    return instruction.strip()
+    return audio_instruction(instruction)
 
 
 __all__ = [

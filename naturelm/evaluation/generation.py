@@ -11,12 +11,6 @@ from ..pipeline_naturelm import AudioWindow, to_mono_16k
 from ..pipeline_naturelm import generate_answers as pipeline_generate
 from ..processing_naturelm import NatureLMProcessor
 
-# The original BEANS-Zero run (NatureLM-audio `configs/inference.yml`): beam search with 2 beams, no sampling, up to
-# 300 new tokens, no repetition or length penalty. Its `min_length: 1` is a no-op for a prompt of several tokens.
-DEFAULT_MAX_NEW_TOKENS = 300
-DEFAULT_NUM_BEAMS = 2
-
-
 def generate_answers(
     model: NatureLMForConditionalGeneration,
     processor: NatureLMProcessor,
@@ -24,8 +18,7 @@ def generate_answers(
     clips: Sequence[np.ndarray],
     sampling_rate: int,
     batch_size: int = 8,
-    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
-    num_beams: int = DEFAULT_NUM_BEAMS,
+    **generate_kwargs,
 ) -> list[str]:
     """
     Answers one prompt per clip.
@@ -37,7 +30,9 @@ def generate_answers(
         clips (`Sequence[np.ndarray]`): mono float waveforms, one per prompt.
         sampling_rate (`int`): the clips' sampling rate.
         batch_size (`int`, defaults to 8): prompts per `generate` call.
-        max_new_tokens (`int`, defaults to 300), num_beams (`int`, defaults to 2): greedy beam search settings.
+        generate_kwargs: overrides of the checkpoint's generation config, which decodes as the original BEANS-Zero
+            run did (beam search with 2 beams, no sampling, up to 300 new tokens, no repetition or length penalty;
+            its `min_length: 1` is a no-op for a prompt of several tokens).
 
     Returns:
         `list[str]`: the decoded answers (special tokens skipped, text otherwise as generated).
@@ -50,9 +45,8 @@ def generate_answers(
     answers: list[str] = []
     with torch.inference_mode():
         for start in range(0, len(windows), batch_size):
-            answers += pipeline_generate(model, processor, windows[start : start + batch_size],
-                                         max_new_tokens=max_new_tokens, num_beams=num_beams, do_sample=False)
+            answers += pipeline_generate(model, processor, windows[start : start + batch_size], **generate_kwargs)
     return answers
 
 
-__all__ = ["DEFAULT_MAX_NEW_TOKENS", "DEFAULT_NUM_BEAMS", "generate_answers"]
+__all__ = ["generate_answers"]

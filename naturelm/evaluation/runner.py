@@ -18,7 +18,7 @@ from ..modeling_naturelm import NatureLMForConditionalGeneration
 from ..processing_naturelm import NatureLMProcessor
 from .dataset import BeansZeroExample, parse_row
 from .errors import EvaluationError
-from .generation import DEFAULT_MAX_NEW_TOKENS, DEFAULT_NUM_BEAMS, generate_answers
+from .generation import generate_answers
 from .predictions import BadRow, PredictionsWriter, completed_ids
 
 
@@ -57,8 +57,8 @@ def run_beans_zero(
     rows: Iterable[dict],
     predictions_path: str | os.PathLike,
     batch_size: int = 8,
-    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
-    num_beams: int = DEFAULT_NUM_BEAMS,
+    max_new_tokens: int | None = None,
+    num_beams: int | None = None,
     resume: bool = False,
     overwrite: bool = False,
     generate: Callable[..., list[str]] = generate_answers,
@@ -73,7 +73,8 @@ def run_beans_zero(
         rows (`Iterable[dict]`): dataset rows, e.g. from `naturelm.evaluation.dataset.iter_rows`.
         predictions_path (`str` or `os.PathLike`): the JSONL file.
         batch_size (`int`, defaults to 8): rows per model call, all from one component.
-        max_new_tokens (`int`, defaults to 300), num_beams (`int`, defaults to 2): generation, as the original.
+        max_new_tokens (`int`, *optional*), num_beams (`int`, *optional*): overrides of the checkpoint's generation
+            config, which decodes as the original BEANS-Zero run (2 beams, up to 300 new tokens).
         resume (`bool`): keep the file and skip the ids it holds (a cut-off last line is dropped first).
         overwrite (`bool`): start the file afresh. Without `resume` or `overwrite` an existing file is an error.
         generate (`Callable`): the function that runs the model (see `generate_answers`, whose signature it shares).
@@ -94,6 +95,8 @@ def run_beans_zero(
     previous = completed_ids(path) if resume else set()
     seen: set[str] = set()
     summary = RunSummary()
+    decoding = {name: value for name, value in (("max_new_tokens", max_new_tokens), ("num_beams", num_beams))
+                if value is not None}
     processors: dict[float, NatureLMProcessor] = {}
     pending: dict[str, list[BeansZeroExample]] = {}
 
@@ -114,7 +117,7 @@ def run_beans_zero(
             prompts = [render_prompt(clip_processor, e.instruction) for e in examples]
             answers = generate(
                 model, clip_processor, prompts, clips, extractor.sampling_rate,
-                batch_size=batch_size, max_new_tokens=max_new_tokens, num_beams=num_beams,
+                batch_size=batch_size, **decoding,
             )
             if len(answers) != len(examples):
                 raise RuntimeError(f"The model gave {len(answers)} answers for {len(examples)} prompts.")

@@ -19,13 +19,12 @@ from collections import defaultdict, deque
 
 import numpy as np
 
+from ..processing_naturelm import AUDIO_PLACEHOLDER, audio_instruction
 from .audio import SAMPLING_RATE, AudioDecodeError, decode_audio
 from .augment import NONE_ANSWER, fit_length, matches, mix_at_snr, mixup, random_crop
 
 logger = logging.getLogger(__name__)
 
-AUDIO_PLACEHOLDER = "<AudioHere>"
-AUDIO_PROMPT = "<Audio><AudioHere></Audio>"
 REQUIRED_COLUMNS = ("audio", "instruction", "output")
 SKIP_REASONS = ("unreadable_audio", "empty_answer", "missing_column", "bad_instruction")
 EXAMPLE_COLUMNS = ("audio", "instruction", "output", "task", "source", "skipped_rows")
@@ -204,10 +203,9 @@ class TextAudioTransform:
         if not answer.strip():
             raise SkippedRow("empty_answer", f"empty answer for {instruction[:60]!r}")
         placeholders = instruction.count(AUDIO_PLACEHOLDER)
-        if placeholders == 0:
-            instruction = f"{AUDIO_PROMPT} {instruction}"
-        elif placeholders > 1:
+        if placeholders > 1:
             raise SkippedRow("bad_instruction", f"{placeholders} '{AUDIO_PLACEHOLDER}' placeholders for one clip")
+        instruction = audio_instruction(instruction)
         try:
             waveform = decode_audio(row["audio"], row.get("sampling_rate") or self.sampling_rate)
         except AudioDecodeError as error:
@@ -293,8 +291,6 @@ def _columns(examples: list[dict]) -> dict[str, list]:
 
 
 __all__ = [
-    "AUDIO_PLACEHOLDER",
-    "AUDIO_PROMPT",
     "EXAMPLE_COLUMNS",
     "REQUIRED_COLUMNS",
     "SKIP_REASONS",
