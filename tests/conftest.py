@@ -36,6 +36,18 @@ def audio_dir() -> Path:
 
 
 @pytest.fixture(scope="session")
+def audio_recordings(audio_dir):
+    """`audio_fixture.Recording`s of every recording in `audio_dir` (durations, sizes, channels read from the files),
+    for tests to pick recordings by what they are rather than by name."""
+    from audio_fixture import read_recordings
+
+    recordings = read_recordings(audio_dir)
+    if not recordings:
+        pytest.fail(f"No recordings in {audio_dir} (set NATURELM_AUDIO_DIR).")
+    return recordings
+
+
+@pytest.fixture(scope="session")
 def beans_metrics_dir() -> Path:
     """Official beans-zero metrics of a predictions file (predictions.jsonl + metrics.json)."""
     return _shared_dir("NATURELM_BEANS_METRICS_DIR", SHARED / "beans_zero_metrics")

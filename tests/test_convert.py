@@ -1,6 +1,7 @@
 """The converter maps every original tensor explicitly and names whatever does not fit."""
 
 import json
+import re
 import shutil
 
 import pytest
@@ -58,12 +59,17 @@ def test_shape_mismatch_is_named(parity_dir, tmp_path):
 
 
 def test_alias_that_differs_is_refused(parity_dir, tmp_path):
+    # a BEATs layer's relative-position table that the checkpoint stores as an alias of the first layer's
+    with safe_open(parity_dir / "original_checkpoint_full" / "model.safetensors", "pt") as handle:
+        aliases = handle.metadata() or {}
+    key = next((alias for alias in aliases if alias.startswith("beats.") and "relative_attention_bias" in alias), None)
+    assert key is not None, "the fixture should store a BEATs relative-position table as an alias"
+
     def detach_alias(sd):
-        key = next(k for k in sd if "layers.1.self_attn.relative_attention_bias" in k)
         sd[key] = sd[key] + 1
 
     folder = _copy_with(parity_dir, tmp_path, detach_alias)
-    with pytest.raises(ConversionError, match=r"layers\.1\.self_attn\.relative_attention_bias.*alias"):
+    with pytest.raises(ConversionError, match=re.escape(key) + ".*alias"):
         _convert(parity_dir, folder)
 
 
@@ -123,3 +129,51 @@ def test_tensor_outside_every_known_prefix_is_named(parity_dir, tmp_path):
     folder = _copy_with(parity_dir, tmp_path, lambda sd: sd.__setitem__("mystery_head.bias", torch.zeros(2)))
     with pytest.raises(ConversionError, match=r"Unmapped tensor in the original checkpoint: mystery_head\.bias"):
         _convert(parity_dir, folder)
+
+
+def test_checkpoints_decode_like_the_original_whatever_the_base_samples(parity_dir, reference, tmp_path, capsys):
+    """Meta's Llama-3.1-8B-Instruct samples (do_sample, temperature 0.6, top_p 0.9); a converted NatureLM must decode
+    as the original does, and every door must take its defaults from the checkpoint's generation config."""
+    import soundfile as sf
+    from transformers import GenerationConfig, pipeline
+
+    from naturelm.convert import ORIGINAL_DECODING
+    from naturelm.evaluation.generation import generate_answers as evaluation_answers
+    from naturelm.loading import load_for_inference
+    from naturelm.pipeline_naturelm import DEFAULT_QUERY, TASK, build_prompt
+
+    base = tmp_path / "sampling_base"
+    shutil.copytree(parity_dir / "base_llama", base)
+    sampling = GenerationConfig.from_pretrained(base)
+    sampling.update(do_sample=True, temperature=0.6, top_p=0.9)
+    sampling.save_pretrained(base)
+    assert GenerationConfig.from_pretrained(base).do_sample
+    converted = tmp_path / "converted"
+    assert main(["convert", str(parity_dir / "original_checkpoint_full"), str(converted), "--base-model", str(base),
+                 "--qformer-config", str(parity_dir / "qformer_config.json"), "--dtype", "fp32"]) == 0
+
+    saved = GenerationConfig.from_pretrained(converted)
+    for name, value in ORIGINAL_DECODING.items():
+        assert getattr(saved, name) == value, name
+    assert sampling.eos_token_id and set(GenerationConfig.from_pretrained(base).eos_token_id) <= set(saved.eos_token_id)
+
+    model, processor = load_for_inference(str(converted), dtype=torch.float32)
+    clip = reference["waveform"][0].numpy()
+    explicit = {key: value for key, value in ORIGINAL_DECODING.items() if value is not None}
+    inputs = processor(text=build_prompt(processor, DEFAULT_QUERY), audio=clip, sampling_rate=16000)
+    with torch.no_grad():
+        by_default = model.generate(**inputs)
+        assert torch.equal(by_default, model.generate(**inputs, **explicit))
+    expected = processor.batch_decode(by_default[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)[0]
+
+    pipe = pipeline(TASK, model=model, processor=processor)
+    assert pipe(clip, sampling_rate=16000)["windows"][0]["text"] == expected.strip()
+    prompt = build_prompt(processor, DEFAULT_QUERY)
+    assert evaluation_answers(model, processor, [prompt], [clip], 16000) == [expected]
+
+    recording = tmp_path / "clip.wav"
+    sf.write(recording, clip, 16000, subtype="FLOAT")
+    output = tmp_path / "rows.jsonl"
+    assert main(["infer", str(recording), "--model", str(converted), "--dtype", "fp32", "--output", str(output),
+                 "--no-progress"]) == 0
+    assert json.loads(output.read_text())["text"] == expected.strip()

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from naturelm.evaluation import (
+    COMPONENTS,
     LabelMatcher,
     captioning_metrics,
     cider_d,
@@ -199,18 +200,26 @@ def test_a_failing_spice_tool_is_reported(tmp_path, monkeypatch):
     assert result["SPICE"] is None and "failed" in result["SPICE_missing"]
 
 
+def _records(beans_metrics_dir) -> list[dict]:
+    lines = (beans_metrics_dir / "predictions.jsonl").read_text().splitlines()
+    return [json.loads(line) for line in lines if line.strip()]
+
+
 def test_bad_rows_are_reported_with_their_id_and_the_rest_is_scored(beans_metrics_dir, tmp_path):
-    good = [json.loads(line) for line in (beans_metrics_dir / "predictions.jsonl").read_text().splitlines()]
+    good = _records(beans_metrics_dir)
+    component = good[0]["dataset_name"]  # bad rows of a scored component must leave its metrics alone
     bad = [
-        {"id": "no-prediction", "dataset_name": "esc50", "label": "dog"},
-        {"id": "number", "dataset_name": "esc50", "label": "dog", "prediction": 3},
-        {"id": "null", "dataset_name": "esc50", "label": "dog", "prediction": None},
+        {"id": "no-prediction", "dataset_name": component, "label": "dog"},
+        {"id": "number", "dataset_name": component, "label": "dog", "prediction": 3},
+        {"id": "null", "dataset_name": component, "label": "dog", "prediction": None},
         {"id": "elsewhere", "dataset_name": "not-a-component", "label": "dog", "prediction": "dog"},
-        {"id": "crashed", "dataset_name": "esc50", "error": "empty audio"},
+        {"id": "crashed", "dataset_name": component, "error": "empty audio"},
         {**good[0], "prediction": "a second answer for the same id"},
     ]
+    assert "not-a-component" not in COMPONENTS and not {r["id"] for r in bad[:5]} & {r["id"] for r in good}
+    middle = len(good) // 2
     path = tmp_path / "predictions.jsonl"
-    path.write_text("\n".join(json.dumps(r) for r in good[:100] + bad + good[100:]) + "\n{not json\n")
+    path.write_text("\n".join(json.dumps(r) for r in good[:middle] + bad + good[middle:]) + "\n{not json\n")
     report = score_file(path)
     reasons = {row.id: row.reason for row in report.bad_rows}
     assert reasons["no-prediction"] == "missing prediction"
@@ -220,18 +229,27 @@ def test_bad_rows_are_reported_with_their_id_and_the_rest_is_scored(beans_metric
     assert "empty audio" in reasons["crashed"]
     assert reasons[good[0]["id"]].startswith("repeated id")
     assert any(row.id is None and row.line == len(good) + len(bad) + 1 for row in report.bad_rows)
-    assert len(report.bad_rows) == len(bad) + 1
+    num_bad = len(bad) + 1  # and the unreadable line
+    assert len(report.bad_rows) == num_bad
     assert report.metrics == score_predictions(good).metrics
     table = report.format_table()
-    assert "no-prediction" in table and "7 bad row(s)" in table
-    assert json.loads(json.dumps(report.to_dict()))["num_bad_rows"] == 7
+    assert "no-prediction" in table and f"{num_bad} bad row(s)" in table
+    assert json.loads(json.dumps(report.to_dict()))["num_bad_rows"] == num_bad
 
 
 def test_given_label_sets_change_only_the_candidates(beans_metrics_dir):
-    records = [json.loads(line) for line in (beans_metrics_dir / "predictions.jsonl").read_text().splitlines()]
-    esc50 = [r for r in records if r["dataset_name"] == "esc50"]
-    labels = sorted({r["label"] for r in esc50})
-    same = score_predictions(esc50, {"esc50": labels})
-    assert same.metrics == score_predictions(esc50).metrics and same.label_sets == "given"
-    narrowed = score_predictions(esc50, {"esc50": labels[:1]})
-    assert narrowed.metrics["esc50"]["Accuracy"] < same.metrics["esc50"]["Accuracy"]
+    records = _records(beans_metrics_dir)
+    names = [name for name in dict.fromkeys(r["dataset_name"] for r in records)
+             if COMPONENTS[name].task == "classification"]
+    assert names, "the fixture needs a classification component"
+    lowered = []
+    for name in names:
+        rows = [r for r in records if r["dataset_name"] == name]
+        labels = sorted({r["label"] for r in rows})
+        same = score_predictions(rows, {name: labels})
+        assert same.metrics == score_predictions(rows).metrics and same.label_sets == "given", name
+        # one candidate: every answer snaps to it, so the accuracy is the share of rows with that label
+        narrowed = score_predictions(rows, {name: labels[:1]}).metrics[name]["Accuracy"]
+        assert narrowed == pytest.approx(sum(r["label"] == labels[0] for r in rows) / len(rows), abs=TOLERANCE), name
+        lowered.append(narrowed < same.metrics[name]["Accuracy"])
+    assert any(lowered), "narrowing the candidates never changed a score"

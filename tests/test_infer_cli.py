@@ -150,3 +150,26 @@ def test_embed_writes_one_vector_per_window(audio_dir, tmp_path):
 
     table = pq.read_table(parquet).to_pydict()
     assert len(table["file"]) == windows + 1 and table["error"].count(None) == windows
+
+
+def test_query_that_holds_the_audio_placeholder(audio_dir, tmp_path):
+    """The audio goes where the query's placeholder stands (no second one): the same rows as the plain query."""
+    from naturelm.processing_naturelm import AUDIO_SPAN
+
+    clip = min(audio_dir.glob("*.mp3"), key=lambda p: soundfile.info(p).duration)
+    outputs = {}
+    for name, query in [("plain", "Describe the sound."), ("placeholder", f"{AUDIO_SPAN} Describe the sound.")]:
+        outputs[name] = tmp_path / f"{name}.jsonl"
+        result = subprocess.run(_command("infer", str(clip), "--smoke", "--query", query, "--max-new-tokens", "3",
+                                         "--no-progress", "--output", str(outputs[name])), env=_env(tmp_path),
+                                capture_output=True, text=True, timeout=600)
+        assert result.returncode == 0, result.stderr
+    rows = [json.loads(line) for line in outputs["placeholder"].read_text().splitlines()]
+    assert rows and all("text" in row and "error" not in row for row in rows)
+    assert outputs["placeholder"].read_bytes() == outputs["plain"].read_bytes()
+    mid = tmp_path / "mid.jsonl"
+    result = subprocess.run(_command("infer", str(clip), "--smoke", "--query", f"Listen: {AUDIO_SPAN} What is it?",
+                                     "--max-new-tokens", "3", "--no-progress", "--output", str(mid)),
+                            env=_env(tmp_path), capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    assert all("text" in json.loads(line) for line in mid.read_text().splitlines())

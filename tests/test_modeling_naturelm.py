@@ -9,9 +9,6 @@ import torch
 from naturelm.modeling_naturelm import NatureLMBeatsWeightNormConv1d
 from naturelm.testing_utils import tiny_model_and_processor
 
-QUERIES = ["What is the common name for the focal species in the audio? Answer:", "Caption the audio."]
-
-
 @pytest.fixture(scope="module")
 def tiny(tokenizer_dir):
     return tiny_model_and_processor(tokenizer_dir)
@@ -19,7 +16,16 @@ def tiny(tokenizer_dir):
 
 @pytest.fixture(scope="module")
 def clips(reference):
-    return [clip.numpy() for clip in reference["waveform"]]
+    clips = [clip.numpy() for clip in reference["waveform"]]
+    assert len(clips) >= 2, "these tests batch several clips"
+    return clips
+
+
+@pytest.fixture(scope="module")
+def queries(reference_io, clips) -> list[str]:
+    """One question per clip: the fixture's (of different lengths, so that a batch of them needs padding)."""
+    assert len(reference_io["queries"]) == len(clips)
+    return reference_io["queries"]
 
 
 def _prompt(processor, query: str, num_audios: int = 1) -> str:
@@ -46,22 +52,23 @@ def test_token_count_of_processor_matches_model_output(tokenizer_dir, clips, win
     assert (batch["input_ids"] == model.config.audio_token_id).sum() == embeds.shape[1]
 
 
-def test_placeholder_mismatch_is_an_error_naming_both_numbers(tiny, clips):
+def test_placeholder_mismatch_is_an_error_naming_both_numbers(tiny, clips, queries):
     model, processor = tiny
-    batch = processor(text=[_prompt(processor, q) for q in QUERIES], audio=clips, sampling_rate=16000)
+    batch = processor(text=[_prompt(processor, q) for q in queries], audio=clips, sampling_rate=16000)
     n = processor.num_audio_tokens
     one_short = batch["input_ids"].clone()
     one_short[0, (one_short[0] == model.config.audio_token_id).nonzero()[0]] = 0
     with pytest.raises(ValueError, match=rf"Row 0 has {n - 1} audio placeholder tokens.*{n} tokens"):
         model(input_ids=one_short, input_features=batch["input_features"])
-    with pytest.raises(ValueError, match=rf"{2 * n} audio placeholder tokens \(2 clips\) but 1 clips"):
-        model(input_ids=batch["input_ids"], input_features=batch["input_features"][:1])
+    k = len(clips)
+    with pytest.raises(ValueError, match=rf"{k * n} audio placeholder tokens \({k} clips\) but {k - 1} clips"):
+        model(input_ids=batch["input_ids"], input_features=batch["input_features"][:-1])
 
 
 @pytest.mark.parametrize("num_beams", [1, 2])
-def test_batched_generation_equals_per_clip(tiny, clips, num_beams):
+def test_batched_generation_equals_per_clip(tiny, clips, queries, num_beams):
     model, processor = tiny
-    prompts = [_prompt(processor, q) for q in QUERIES]
+    prompts = [_prompt(processor, q) for q in queries]
     kwargs = dict(max_new_tokens=6, min_new_tokens=6, do_sample=False, num_beams=num_beams)
     single = []
     for prompt, clip in zip(prompts, clips):
@@ -72,9 +79,9 @@ def test_batched_generation_equals_per_clip(tiny, clips, num_beams):
     assert model.generate(**batch, **kwargs)[:, batch["input_ids"].shape[1]:].tolist() == single
 
 
-def test_sampling_is_reproducible_with_a_seed(tiny, clips):
+def test_sampling_is_reproducible_with_a_seed(tiny, clips, queries):
     model, processor = tiny
-    inputs = processor(text=_prompt(processor, QUERIES[1]), audio=clips[1], sampling_rate=16000)
+    inputs = processor(text=_prompt(processor, queries[-1]), audio=clips[-1], sampling_rate=16000)
     runs = []
     for _ in range(2):
         torch.manual_seed(0)
@@ -84,8 +91,8 @@ def test_sampling_is_reproducible_with_a_seed(tiny, clips):
 
 def test_beam_search_with_several_clips_per_prompt_is_refused(tiny, clips):
     model, processor = tiny
-    inputs = processor(text=_prompt(processor, "Compare.", num_audios=2), audio=clips, sampling_rate=16000)
-    assert model.generate(**inputs, max_new_tokens=2).shape[0] == 1  # greedy handles two clips in one prompt
+    inputs = processor(text=_prompt(processor, "Compare.", num_audios=len(clips)), audio=clips, sampling_rate=16000)
+    assert model.generate(**inputs, max_new_tokens=2, num_beams=1).shape[0] == 1  # greedy: several clips, one prompt
     with pytest.raises(ValueError, match="one clip per prompt"):
         model.generate(**inputs, max_new_tokens=2, num_beams=2)
 
@@ -95,9 +102,9 @@ def _logits(model, batch) -> torch.Tensor:
         return model(**batch).logits
 
 
-def test_merging_alpha(tiny, clips):
+def test_merging_alpha(tiny, clips, queries):
     model, processor = tiny
-    batch = processor(text=[_prompt(processor, q) for q in QUERIES], audio=clips, sampling_rate=16000)
+    batch = processor(text=[_prompt(processor, q) for q in queries], audio=clips, sampling_rate=16000)
     full = _logits(model, batch)
 
     model.set_merging_alpha(0.0)
@@ -123,9 +130,9 @@ def test_merging_alpha(tiny, clips):
     assert torch.equal(_logits(model, batch), full)
 
 
-def test_merge_adapter_into_weights_keeps_outputs_and_drops_peft(tokenizer_dir, clips, tmp_path):
+def test_merge_adapter_into_weights_keeps_outputs_and_drops_peft(tokenizer_dir, clips, queries, tmp_path):
     model, processor = tiny_model_and_processor(tokenizer_dir, seed=1)
-    batch = processor(text=_prompt(processor, QUERIES[0]), audio=clips[0], sampling_rate=16000)
+    batch = processor(text=_prompt(processor, queries[0]), audio=clips[0], sampling_rate=16000)
     model.set_merging_alpha(0.5)
     expected = _logits(model, batch)
     model.merge_adapter_into_weights()
@@ -137,9 +144,9 @@ def test_merge_adapter_into_weights_keeps_outputs_and_drops_peft(tokenizer_dir, 
     assert torch.allclose(_logits(reloaded, batch), expected, atol=1e-5)
 
 
-def test_adapter_save_and_reload_round_trip(tiny, clips, tmp_path):
+def test_adapter_save_and_reload_round_trip(tiny, clips, queries, tmp_path):
     model, processor = tiny
-    batch = processor(text=_prompt(processor, QUERIES[0]), audio=clips[0], sampling_rate=16000)
+    batch = processor(text=_prompt(processor, queries[0]), audio=clips[0], sampling_rate=16000)
     model.save_pretrained(tmp_path)
     assert (tmp_path / "adapter_model.safetensors").exists()
     reloaded = type(model).from_pretrained(tmp_path).eval()
@@ -147,14 +154,15 @@ def test_adapter_save_and_reload_round_trip(tiny, clips, tmp_path):
     assert torch.allclose(_logits(reloaded, batch), _logits(model, batch), atol=1e-6)
 
 
-def test_loss_is_the_mean_over_answer_tokens_and_gradients_reach_every_part(tokenizer_dir, clips):
+def test_loss_is_the_mean_over_answer_tokens_and_gradients_reach_every_part(tokenizer_dir, clips, queries,
+                                                                           reference_io):
     model, processor = tiny_model_and_processor(tokenizer_dir, seed=2)
     model.train()
     # peft freezes everything but the adapter; unfreeze the audio side as the original's training did.
     for param in [*model.model.audio_tower.parameters(), *model.model.audio_projector.parameters()]:
         param.requires_grad_(True)
-    batch = processor(text=[_prompt(processor, q) for q in QUERIES], audio=clips, sampling_rate=16000,
-                      answers=["Green Treefrog", "A robin sings."])
+    batch = processor(text=[_prompt(processor, q) for q in queries], audio=clips, sampling_rate=16000,
+                      answers=reference_io["targets"])
     output = model(**batch)
     shift_labels = batch["labels"][:, 1:]
     manual = torch.nn.functional.cross_entropy(output.logits[:, :-1].transpose(1, 2), shift_labels,
@@ -168,7 +176,7 @@ def test_loss_is_the_mean_over_answer_tokens_and_gradients_reach_every_part(toke
 
 def test_bad_audio_is_a_clear_error(tiny):
     _, processor = tiny
-    prompt = _prompt(processor, QUERIES[0])
+    prompt = _prompt(processor, "Which species is calling? Answer:")
     cases = [
         (np.zeros(0, dtype=np.float32), 16000, "0 samples|empty"),
         (np.full(16000, np.nan, dtype=np.float32), 16000, "non-finite|NaN"),
@@ -181,7 +189,7 @@ def test_bad_audio_is_a_clear_error(tiny):
             processor(text=prompt, audio=audio, sampling_rate=rate)
 
 
-def test_gradient_checkpointing_gives_the_same_gradients(tokenizer_dir, clips):
+def test_gradient_checkpointing_gives_the_same_gradients(tokenizer_dir, clips, queries):
     grads = []
     for checkpointing in (False, True):
         model, processor = tiny_model_and_processor(tokenizer_dir, seed=3)
@@ -190,7 +198,7 @@ def test_gradient_checkpointing_gives_the_same_gradients(tokenizer_dir, clips):
             model.gradient_checkpointing_enable()
         for param in model.model.audio_tower.parameters():
             param.requires_grad_(True)
-        batch = processor(text=_prompt(processor, QUERIES[0]), audio=clips[0], sampling_rate=16000, answers="A frog.")
+        batch = processor(text=_prompt(processor, queries[0]), audio=clips[0], sampling_rate=16000, answers="A frog.")
         model(**batch).loss.backward()
         grads.append(model.model.audio_tower.patch_embedding.weight.grad.clone())
     assert grads[0].abs().sum() > 0 and torch.allclose(grads[0], grads[1], atol=1e-6)

@@ -1,13 +1,16 @@
 """The notebooks as a reader runs them: top to bottom in a fresh kernel (here on the tiny parity model), and
 committed without outputs."""
 
+import ast
 import csv
 import json
+import math
 import os
 import sys
 from pathlib import Path
 
 import pytest
+from audio_fixture import window_starts
 
 nbclient = pytest.importorskip("nbclient", reason="needs the `notebooks` extra: pip install -e '.[notebooks]'")
 import nbformat  # noqa: E402
@@ -67,8 +70,22 @@ def _outputs(notebook, mime: str) -> list:
             for o in cell.outputs if mime in o.get("data", {})]
 
 
-def test_quickstart_runs_top_to_bottom_on_the_tiny_model(tiny_model_dir, audio_dir, kernel_env, monkeypatch):
-    recording = audio_dir / "yell-YELLAMRO20160506SM3.mp3"  # 37 s: seven 10-s windows every 5 s
+def _notebook_constant(name: str, notebook_file: str):
+    """The literal a notebook assigns to `name` (e.g. the recordings it labels), read from its code."""
+    notebook = nbformat.read(NOTEBOOKS / notebook_file, as_version=4)
+    for cell in notebook.cells:
+        if cell.cell_type == "code" and f"{name} = " in cell.source:
+            for node in ast.walk(ast.parse(cell.source)):
+                if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == name for t in node.targets):
+                    return ast.literal_eval(node.value)
+    raise AssertionError(f"{notebook_file} assigns no literal to {name}")
+
+
+def test_quickstart_runs_top_to_bottom_on_the_tiny_model(tiny_model_dir, audio_recordings, kernel_env, monkeypatch):
+    longest = max(audio_recordings, key=lambda r: r.decoded_seconds)  # several 10-s windows every 5 s
+    recording = longest.path
+    starts = window_starts(longest.decoded_seconds, 10, 5)
+    assert len(starts) > 2, f"{recording.name} is too short to give several windows"
     workdir = kernel_env / "work"
     workdir.mkdir()
     monkeypatch.setenv("NATURELM_MODEL", str(tiny_model_dir))
@@ -83,12 +100,13 @@ def test_quickstart_runs_top_to_bottom_on_the_tiny_model(tiny_model_dir, audio_d
         assert f"{task:>10}: " in text
     assert "α = 0.5:" in text and "α = 1.0:" in text
     assert len(_outputs(notebook, "image/png")) == 2  # the spectrogram timeline and the label bars
-    assert any("American Robin" in html for html in _outputs(notebook, "text/html"))  # the label table
+    labels = _notebook_constant("LABELS", "01_quickstart.ipynb")
+    assert any(all(label in html for label in labels) for html in _outputs(notebook, "text/html"))  # the label table
 
     selections = workdir / f"{recording.stem}.selections.txt"
     rows = list(csv.reader(selections.read_text().splitlines(), delimiter="\t"))
     assert rows[0] == RAVEN_COLUMNS
-    assert [float(r[3]) for r in rows[1:]] == [0.0, 5.0, 10.0, 15.0, 20.0, 25.0, 30.0]
+    assert [float(r[3]) for r in rows[1:]] == starts
     assert {r[7] for r in rows[1:]} == {recording.name}
 
 
@@ -103,25 +121,38 @@ def test_finetune_lora_trains_and_the_folder_loads_and_answers(tiny_model_dir, a
 
     notebook = _run("02_finetune_lora.ipynb", workdir)
 
+    # the recordings the notebook labels, cut into 10-s clips (a last one only if it holds more than 1 s)
+    from naturelm.pipeline_naturelm import load_audio_file
+
+    labelled = _notebook_constant("LABELS", "02_finetune_lora.ipynb")
+    species = set(labelled.values())
+    clips = {name: math.ceil(max(len(load_audio_file(audio_dir / name, 16000)) - 16000, 1) / 160000)
+             for name in labelled}
+    num_clips = sum(clips.values())
+
     text = "".join(o.get("text", "") for cell in notebook.cells if cell.cell_type == "code" for o in cell.outputs)
     rows = list(csv.DictReader((workdir / "my_recordings" / "metadata.csv").read_text().splitlines()))
-    assert {r["output"] for r in rows} == {"Lazuli Bunting", "Green Treefrog", "American Robin", "Gray Wolf"}
-    assert len(rows) == 10  # 10-s clips: 2 + 1 + 4 + 3
+    assert {r["output"] for r in rows} == species
+    assert len(rows) == num_clips
+    for name, count in clips.items():
+        assert sum(r["file_name"].startswith(f"clips/{Path(name).stem}_") for r in rows) == count, name
     assert all((workdir / "my_recordings" / r["file_name"]).is_file() for r in rows)
-    assert "10 clips of 4 species in my_recordings/" in text
+    assert f"{num_clips} clips of {len(species)} species in my_recordings/" in text
     assert "finetune.yaml" in text and "--max_steps 2 \\\n" in text
     output = workdir / "my-naturelm"
     assert (output / "adapter_model.safetensors").is_file() and (output / "config.json").is_file()
     assert "fine-tuned folder: my-naturelm; LoRA adapter: True" in text
-    for species in ("Lazuli Bunting", "Green Treefrog", "American Robin", "Gray Wolf"):
-        assert f"labelled {species!r}, answer " in text
+    for label in species:
+        assert f"labelled {label!r}, answer " in text
     assert text.count("{'loss': ") == 2  # two logged training steps, parsed for the loss curve
-    assert "most probable species = label on " in text and " of 10 clips" in text
+    assert "most probable species = label on " in text and f" of {num_clips} clips" in text
     assert len(_outputs(notebook, "image/png")) == 1  # the loss curve
-    assert any("Gray Wolf" in html for html in _outputs(notebook, "text/html"))  # the label probabilities
+    # the label probabilities: a column per species
+    assert any(all(label in html for label in species) for html in _outputs(notebook, "text/html"))
 
 
-def test_beans_zero_runs_and_reads_the_metrics_table(tiny_model_dir, audio_dir, kernel_env, monkeypatch):
+def test_beans_zero_runs_and_reads_the_metrics_table(tiny_model_dir, audio_dir, mini_beans_zero, kernel_env,
+                                                     monkeypatch):
     workdir = kernel_env / "work"
     workdir.mkdir()
     monkeypatch.setenv("NATURELM_MODEL", str(tiny_model_dir))
@@ -133,18 +164,23 @@ def test_beans_zero_runs_and_reads_the_metrics_table(tiny_model_dir, audio_dir, 
 
     text = "".join(o.get("text", "") for cell in notebook.cells if cell.cell_type == "code" for o in cell.outputs)
     html = _outputs(notebook, "text/html")
-    components = ("esc50", "watkins", "enabirds", "gibbons", "captioning", "zf-indiv")
+    # the notebook runs the mini BEANS-Zero of the same recordings: its components, in the official order
+    from naturelm.evaluation import COMPONENTS
+
+    components = [name for name in COMPONENTS if name in set(mini_beans_zero["dataset_name"])]
+    num_rows = len(mini_beans_zero)
     results = workdir / "results"
     predictions = [json.loads(line) for line in (results / "predictions.jsonl").read_text().splitlines()]
-    assert len(predictions) == 14 and {p["dataset_name"] for p in predictions} == set(components)
+    assert len(predictions) == num_rows and {p["dataset_name"] for p in predictions} == set(components)
     metrics = json.loads((results / "metrics.json").read_text())
-    assert list(metrics["metrics"]) == list(components) and sum(metrics["num_scored"].values()) == 14
-    assert "6 components, 14 rows scored, 0 bad rows" in text
+    assert list(metrics["metrics"]) == components and sum(metrics["num_scored"].values()) == num_rows
+    assert f"{len(components)} components, {num_rows} rows scored, 0 bad rows" in text
     table = next(h for h in html if "Accuracy" in h and "mAP" in h)  # the metrics table: a row per component
     for name in components:
         assert f">{name}</th>" in table, name
         assert f"| {name} " in (results / "metrics.md").read_text()
-    assert "BEANS-Zero: 6 component(s), 14 row(s) scored, 0 bad row(s)." in text  # the baseline's report
+    # the baseline's report
+    assert f"BEANS-Zero: {len(components)} component(s), {num_rows} row(s) scored, 0 bad row(s)." in text
     assert (results / "baseline.jsonl").is_file()
     comparison = next(h for h in html if "most common answer" in h)
     assert all(f">{name}</th>" in comparison for name in components)

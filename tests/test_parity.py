@@ -4,10 +4,14 @@ Every size, prompt and tolerance target comes from the fixture; the processor bu
 waveform, the queries and the targets.
 """
 
+import json
+
 import pytest
 import torch
 
 from naturelm.convert import from_original
+from naturelm.pipeline_naturelm import build_prompt
+from naturelm.processing_naturelm import AUDIO_SPAN
 
 LAYOUTS = ["original_checkpoint_full", "original_checkpoint_hub_layout"]
 
@@ -20,12 +24,16 @@ def converted(request, parity_dir):
     return request.param, model, processor
 
 
-def _prompts(processor, reference_io) -> list[str]:
-    conversations = [
-        [{"role": "user", "content": [{"type": "audio"}, {"type": "text", "text": query}]}]
-        for query in reference_io["queries"]
-    ]
-    return [processor.apply_chat_template(c, add_generation_prompt=True, tokenize=False) for c in conversations]
+# A query either leaves the audio to the prompt format, or already holds the placeholder (as BEANS-Zero instructions
+# and many user prompts do): by the original's rule both give the same prompt, with exactly one clip.
+QUERY_FORMS = ["plain", "holds_placeholder"]
+
+
+def _prompts(processor, reference_io, form: str = "plain") -> list[str]:
+    queries = reference_io["queries"]
+    if form == "holds_placeholder":
+        queries = [f"{AUDIO_SPAN} {query}" for query in queries]
+    return [build_prompt(processor, query) for query in queries]
 
 
 def _training_batch(processor, reference, reference_io):
@@ -37,19 +45,34 @@ def _training_batch(processor, reference, reference_io):
     )
 
 
-def _vocab_columns(layout: str, reference) -> torch.Tensor:
+@pytest.fixture(scope="module")
+def base_vocab_size(parity_dir) -> int:
+    """The base LM's vocabulary (the ids after it, such as [PAD], were added by the original)."""
+    return json.loads((parity_dir / "base_llama" / "config.json").read_text())["vocab_size"]
+
+
+def _vocab_columns(layout: str, reference, base_vocab_size: int) -> torch.Tensor:
     """Columns of `logits_vocab_ids` to compare. The hub layout has no trained lm_head row for the added [PAD]
     token (the base LM lacks it), so its logit is excluded there, as the fixture README states."""
     ids = reference["logits_vocab_ids"]
     if layout == "original_checkpoint_hub_layout":
-        return (ids < 128256).nonzero().squeeze(1)
+        return (ids < base_vocab_size).nonzero().squeeze(1)
     return torch.arange(len(ids))
 
 
-def test_chat_template_reproduces_original_prompt(converted, reference_io):
+@pytest.mark.parametrize("form", QUERY_FORMS)
+def test_chat_template_reproduces_original_prompt(converted, reference_io, form):
     _, _, processor = converted
     bos = processor.tokenizer.bos_token
-    assert _prompts(processor, reference_io) == [bos + prompt for prompt in reference_io["prompts"]]
+    assert _prompts(processor, reference_io, form) == [bos + prompt for prompt in reference_io["prompts"]]
+
+
+def test_placeholder_inside_a_query_stays_where_it_stands(converted, reference_io):
+    _, _, processor = converted
+    query = reference_io["queries"][0]
+    prompt = build_prompt(processor, f"Listen to this: {AUDIO_SPAN} {query}")
+    assert prompt.count(processor.audio_placeholder) == 1
+    assert f"Listen to this: {AUDIO_SPAN} {query}<|eot_id|>" in prompt
 
 
 def test_audio_features_match(converted, reference):
@@ -71,7 +94,7 @@ def test_audio_features_match(converted, reference):
     assert (end_to_end - reference["audio_embeds"]).abs().max() <= 1e-4
 
 
-def test_training_forward_matches(converted, reference, reference_io):
+def test_training_forward_matches(converted, reference, reference_io, base_vocab_size):
     layout, model, processor = converted
     batch = _training_batch(processor, reference, reference_io)
     assert torch.equal(batch["labels"], reference["labels"].long())
@@ -82,7 +105,7 @@ def test_training_forward_matches(converted, reference, reference_io):
     valid = batch["attention_mask"].bool()
     assert (output.hidden_states[0] - reference["llm_inputs_embeds"])[valid].abs().max() <= 1e-4
 
-    columns = _vocab_columns(layout, reference)
+    columns = _vocab_columns(layout, reference, base_vocab_size)
     logits = output.logits[..., reference["logits_vocab_ids"][columns]]
     assert (logits - reference["logits_at_vocab_ids"][..., columns])[valid].abs().max() <= 1e-3
     assert torch.equal(output.logits.argmax(-1)[valid], reference["logits_argmax"][valid])
@@ -109,15 +132,16 @@ def test_generation_prompt_embeddings_match(converted, reference, reference_io):
 
 
 def _generate(model, inputs, num_tokens: int) -> list[list[int]]:
-    output = model.generate(**inputs, max_new_tokens=num_tokens, min_new_tokens=num_tokens, do_sample=False)
+    output = model.generate(**inputs, max_new_tokens=num_tokens, min_new_tokens=num_tokens, num_beams=1)
     return output[:, inputs["input_ids"].shape[1]:].tolist()
 
 
+@pytest.mark.parametrize("form", QUERY_FORMS)
 @pytest.mark.parametrize("alpha, key", [(1.0, "greedy_token_ids_fp32"), (0.5, "greedy_token_ids_fp32_merging_alpha_0_5")])
-def test_greedy_generation_matches_per_clip_and_batched(converted, reference, reference_io, alpha, key):
+def test_greedy_generation_matches_per_clip_and_batched(converted, reference, reference_io, alpha, key, form):
     _, model, processor = converted
     expected = reference_io[key]
-    prompts = _prompts(processor, reference_io)
+    prompts = _prompts(processor, reference_io, form)
     model.set_merging_alpha(alpha)
     try:
         for i, ids in enumerate(expected):
@@ -130,11 +154,11 @@ def test_greedy_generation_matches_per_clip_and_batched(converted, reference, re
         model.set_merging_alpha(1.0)
 
 
-def test_merging_alpha_half_matches_original_scaling(converted, reference, reference_io):
+def test_merging_alpha_half_matches_original_scaling(converted, reference, reference_io, base_vocab_size):
     layout, model, processor = converted
     batch = _training_batch(processor, reference, reference_io)
     valid = batch["attention_mask"].bool()
-    columns = _vocab_columns(layout, reference)
+    columns = _vocab_columns(layout, reference, base_vocab_size)
     ids = reference["logits_vocab_ids"][columns]
     with torch.no_grad():
         before = model(**batch).logits

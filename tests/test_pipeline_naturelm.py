@@ -8,7 +8,13 @@ from transformers import LogitsProcessorList, MinLengthLogitsProcessor, MinNewTo
 
 from naturelm import NatureLMPipeline
 from naturelm.convert import convert, from_original
-from naturelm.pipeline_naturelm import TASK, MinNewTokensInPlaceLogitsProcessor, build_prompt, window_starts
+from naturelm.pipeline_naturelm import (
+    DEFAULT_QUERY,
+    TASK,
+    MinNewTokensInPlaceLogitsProcessor,
+    build_prompt,
+    window_starts,
+)
 from naturelm.testing_utils import tiny_model_and_processor
 
 
@@ -53,7 +59,7 @@ def test_candidate_label_scores_rank_like_one_label_at_a_time(tokenizer_dir, cli
         window = output["windows"][0]
         assert sorted(window["labels"]) == sorted(labels)
         assert abs(sum(window["scores"]) - 1) < 1e-5
-        prompt = build_prompt(processor, "What is the common name for the focal species in the audio? Answer:")
+        prompt = build_prompt(processor, DEFAULT_QUERY)  # the pipeline's question when none is given
         reference = {}
         for label in labels:  # the plain model, one full sequence (label + <|end_of_text|>) per label
             batch = processor(text=prompt, audio=clip[:160000], sampling_rate=16000, answers=label)

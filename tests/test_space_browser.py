@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile
+from audio_fixture import chat_recording, num_windows, several_windows_recording, space_accepts, window_starts
 
 pytest.importorskip("selenium", reason="needs the `space` extra: pip install -e '.[space]'")
 from selenium import webdriver  # noqa: E402
@@ -114,11 +115,19 @@ def _set_slider(browser, elem_id: str, value: float) -> None:
     box.send_keys(str(value), Keys.TAB)
 
 
-def test_upload_a_clip_ask_and_follow_up(page, audio_dir):
-    frog = audio_dir / "nri-GreenTreeFrogEvergladesNP.mp3"
+@pytest.fixture(scope="module")
+def accepted(space_server, audio_recordings):
+    """The shared recordings this Space takes (under its upload and length caps)."""
+    recordings = space_accepts(audio_recordings, space_server.settings)
+    assert recordings, "no shared recording fits under the test Space's caps"
+    return recordings
+
+
+def test_upload_a_clip_ask_and_follow_up(page, accepted):
+    frog = chat_recording(accepted).path
     _upload(page, "chat-audio", frog)
     _wait(page, lambda b: frog.name in b.find_element(By.ID, "chat-info").text, 60, "the recording's description")
-    assert "first 10 s" in page.find_element(By.ID, "chat-info").text  # 10.1 s: the chat says what it hears
+    assert "first 10 s" in page.find_element(By.ID, "chat-info").text  # over 10 s: the chat says what it hears
 
     preset = next(b for b in page.find_elements(By.CSS_SELECTOR, "button") if b.text.strip() == "Species")
     preset.click()
@@ -134,8 +143,10 @@ def test_upload_a_clip_ask_and_follow_up(page, audio_dir):
     assert question.get_attribute("value") == ""
 
 
-def test_long_recording_timeline_table_and_raven_download(page, audio_dir, downloads):
-    recording = audio_dir / "yell-YELLFLBCSACR20075171.mp3"  # 24.4 s: four 10-s windows every 5 s
+def test_long_recording_timeline_table_and_raven_download(page, accepted, space_server, downloads):
+    chosen = several_windows_recording(accepted, 10, 5, int(space_server.settings["NATURELM_MAX_WINDOWS"]))
+    recording = chosen.path  # several 10-s windows every 5 s, the last one partial
+    starts = window_starts(chosen.decoded_seconds, 10, 5)
     _open_tab(page, "Long recording")
     _upload(page, "long-audio", recording)
     _wait(page, lambda b: b.find_elements(By.CSS_SELECTOR, "#long-audio [data-testid^=waveform]"), 60,
@@ -147,10 +158,11 @@ def test_long_recording_timeline_table_and_raven_download(page, audio_dir, downl
         "const i = document.querySelector('#timeline img'); return i && i.complete && i.naturalWidth > 800;"),
         MODEL_TIMEOUT, "the spectrogram with the timeline")
     summary = page.find_element(By.ID, "long-summary").text
-    assert f"{recording.name}: 4 windows of 10 s every 5 s over 24.1 s" in summary
-    starts = [c.text for c in page.find_elements(By.CSS_SELECTOR, "#long-table [data-testid$='-0']")
-              if c.get_attribute("data-testid").startswith("cell-")]
-    assert starts == ["0", "5", "10", "15"]
+    assert (f"{recording.name}: {num_windows(chosen.decoded_seconds, 10, 5)} windows of 10 s every 5 s over "
+            f"{chosen.decoded_seconds:.1f} s") in summary
+    shown = [c.text for c in page.find_elements(By.CSS_SELECTOR, "#long-table [data-testid$='-0']")
+             if c.get_attribute("data-testid").startswith("cell-")]
+    assert shown == [f"{start:g}" for start in starts]
 
     raven = page.find_element(By.ID, "raven-download")
     _wait(page, lambda b: raven.is_enabled(), 30, "the Raven download to become clickable")
@@ -160,7 +172,7 @@ def test_long_recording_timeline_table_and_raven_download(page, audio_dir, downl
     rows = list(csv.reader(target.read_text().splitlines(), delimiter="\t"))
     assert rows[0] == RAVEN_COLUMNS
     assert [(r[0], r[3], r[7]) for r in rows[1:]] == [
-        (str(i + 1), f"{5.0 * i}", recording.name) for i in range(3)] + [("4", "15.0", recording.name)]
+        (str(i + 1), f"{start}", recording.name) for i, start in enumerate(starts)]
     answers = [c.text for c in page.find_elements(By.CSS_SELECTOR, "#long-table [data-testid$='-2']")
                if c.get_attribute("data-testid").startswith("cell-")]
     # The same answers as the table shows (compared without whitespace, which the browser renders its own way).
@@ -180,9 +192,9 @@ def test_oversize_upload_shows_the_limit(page, tmp_path):
     assert page.find_element(By.ID, "chat-info").text == ""  # nothing was uploaded
 
 
-def test_classify_with_my_labels_draws_the_bars(page, audio_dir):
+def test_classify_with_my_labels_draws_the_bars(page, accepted):
     _open_tab(page, "Classify with my labels")
-    _upload(page, "classify-audio", audio_dir / "nri-GreenTreeFrogEvergladesNP.mp3")
+    _upload(page, "classify-audio", min(accepted, key=lambda r: r.header_seconds).path)
     _wait(page, lambda b: b.find_elements(By.CSS_SELECTOR, "#classify-audio [data-testid^=waveform]"), 60,
           "the uploaded recording")
     page.find_element(By.CSS_SELECTOR, "#classify-labels textarea").send_keys(

@@ -1,11 +1,13 @@
 """The Space's settings and checks, in process: what an owner sets and what a visitor gets wrong."""
 
+import re
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import soundfile
+from audio_fixture import num_windows
 
 pytest.importorskip("gradio", reason="needs the `space` extra: pip install -e '.[space]'")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "space"))
@@ -13,6 +15,7 @@ import engine  # noqa: E402
 import gradio as gr  # noqa: E402
 
 from naturelm.loading import RELEASED_MODEL  # noqa: E402
+from naturelm.processing_naturelm import AUDIO_SPAN  # noqa: E402
 
 
 def test_settings_come_from_the_environment_with_clear_errors(tmp_path):
@@ -57,10 +60,13 @@ def test_gpu_jobs_go_through_spaces_gpu_only_when_it_is_there(monkeypatch):
     assert calls == [engine._window_seconds]
 
 
-def test_zero_gpu_time_grows_with_the_windows(audio_dir):
-    robin = str(audio_dir / "yell-YELLAMRO20160506SM3.mp3")  # 37.4 s
-    assert engine._window_seconds(robin, "q", None, 10.0, 10.0) == 20 + int(1.5 * 4)
-    assert engine._window_seconds(robin, "q", None, 10.0, 1.0) == int(20 + 1.5 * 29)  # starts 0..28 s
+def test_zero_gpu_time_grows_with_the_windows(audio_recordings):
+    longest = max(audio_recordings, key=lambda r: r.header_seconds)
+    robin = str(longest.path)
+    every_10, every_1 = num_windows(longest.header_seconds, 10, 10), num_windows(longest.header_seconds, 10, 1)
+    assert every_1 > every_10 > 1, f"{longest.name} is too short for this test"
+    assert engine._window_seconds(robin, "q", None, 10.0, 10.0) == int(20 + 1.5 * every_10)
+    assert engine._window_seconds(robin, "q", None, 10.0, 1.0) == int(20 + 1.5 * every_1)
     assert engine._window_seconds("/no/such/file.wav", "q", None, 10.0, 10.0) == int(20 + 1.5 * 120)
 
 
@@ -80,15 +86,18 @@ def test_a_conversation_puts_the_audio_with_the_first_question():
         {"role": "assistant", "content": "A robin."},  # as an API user may write it
     ]
     assert engine.conversation(history, "Is it singing?") == [
-        {"role": "user", "content": [{"type": "audio"}, {"type": "text", "text": "What is it?"}]},
+        {"role": "user", "content": f"{AUDIO_SPAN} What is it?"},
         {"role": "assistant", "content": "A robin."},
         {"role": "user", "content": "Is it singing?"},
     ]
     assert engine.conversation([], "Caption the audio.") == [
-        {"role": "user", "content": [{"type": "audio"}, {"type": "text", "text": "Caption the audio."}]}]
+        {"role": "user", "content": f"{AUDIO_SPAN} Caption the audio."}]
+    # a first question that already holds the placeholder keeps it where it stands, once
+    assert engine.conversation([], f"Listen: {AUDIO_SPAN} What is it?") == [
+        {"role": "user", "content": f"Listen: {AUDIO_SPAN} What is it?"}]
 
 
-def test_bad_recordings_get_a_reason(tmp_path, audio_dir):
+def test_bad_recordings_get_a_reason(tmp_path, audio_recordings):
     settings = engine.Settings(max_seconds=30, max_file_mb=0.5)
     text = tmp_path / "notes.wav"
     text.write_text("not audio\n" * 50)
@@ -96,10 +105,18 @@ def test_bad_recordings_get_a_reason(tmp_path, audio_dir):
         engine.check_audio(str(text), settings)
     with pytest.raises(gr.Error, match="Upload or record a recording first"):
         engine.check_audio(None, settings)
-    with pytest.raises(gr.Error, match=r"yell-YELLAMRO20160506SM3.mp3 is 0.6 MB; this Space takes files up to 0.5 MB"):
-        engine.check_audio(str(audio_dir / "yell-YELLAMRO20160506SM3.mp3"), settings)
-    with pytest.raises(gr.Error, match=r"is 37.4 s long; this Space takes recordings up to 30 s"):
-        engine.check_audio(str(audio_dir / "yell-YELLAMRO20160506SM3.mp3"), engine.Settings(max_seconds=30))
+    biggest = max(audio_recordings, key=lambda r: r.size_mb)
+    cap = biggest.size_mb / 2
+    with pytest.raises(gr.Error, match=re.escape(
+            f"{biggest.name} is {biggest.size_mb:.1f} MB; this Space takes files up to {cap:g} MB")):
+        engine.check_audio(str(biggest.path), engine.Settings(max_file_mb=cap))
+    longest = max(audio_recordings, key=lambda r: r.header_seconds)
+    cap = longest.header_seconds / 2
+    with pytest.raises(gr.Error, match=re.escape(
+            f"{longest.name} is {longest.header_seconds:.1f} s long; this Space takes recordings up to {cap:g} s")):
+        engine.check_audio(str(longest.path), engine.Settings(max_seconds=cap))
+    assert engine.check_audio(str(longest.path), engine.Settings(max_seconds=longest.header_seconds)) == pytest.approx(
+        longest.header_seconds)
     short = tmp_path / "short.wav"
     soundfile.write(short, np.zeros(16000 * 4, np.float32), 16000)
     assert engine.check_audio(str(short), settings) == 4.0

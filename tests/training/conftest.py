@@ -1,5 +1,6 @@
-"""Fixtures of the training tests: a tiny NatureLM folder, small text-audio datasets over ../shared/audio (labels and
-noise clips listed in tests/data) and a tiny BEATs checkpoint cut from the parity fixture."""
+"""Fixtures of the training tests: a tiny NatureLM folder, small text-audio datasets over the shared recordings (the
+longest ones labelled, the others as background noise; chosen by duration, not by name) and a tiny BEATs checkpoint
+cut from the parity fixture."""
 
 import json
 from pathlib import Path
@@ -7,30 +8,30 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-from training_helpers import DATA, detection_rows, read_csv, species_rows, tiny_training_model, write_metadata
+from training_helpers import LABELS, detection_rows, species_rows, tiny_training_model, write_metadata
 
 
 @pytest.fixture(scope="session")
-def species_clips(audio_dir) -> list[dict]:
-    """`[{"path", "label"}]` for the labelled clips of tests/data/species_clips.csv; a missing file fails."""
-    clips = []
-    for row in read_csv(DATA / "species_clips.csv"):
-        path = audio_dir / row["file_name"]
-        if not path.is_file():
-            pytest.fail(f"Fixture recording {path} is missing.")
-        clips.append({"path": str(path), "label": row["output"]})
-    return clips
+def species_clips(audio_recordings) -> list[dict]:
+    """`[{"path", "label"}]`: the `len(LABELS)` longest shared recordings, longest first (it holds several 10-s
+    crops), labelled with `LABELS` in that order; the remaining recordings are the noise. Chosen and ordered by what
+    the files hold, never by name."""
+    if len(audio_recordings) <= len(LABELS):
+        pytest.fail(f"The training tests need more than {len(LABELS)} recordings (some of them for noise).")
+    longest = sorted(audio_recordings, key=lambda r: r.decoded_seconds, reverse=True)[: len(LABELS)]
+    if longest[0].decoded_seconds <= 10:
+        pytest.fail("The training tests need a recording longer than 10 s, to crop.")
+    return [{"path": str(recording.path), "label": label} for recording, label in zip(longest, LABELS)]
 
 
 @pytest.fixture(scope="session")
-def noise_dir(audio_dir, tmp_path_factory) -> Path:
-    """A folder of background-noise recordings: links to the clips listed in tests/data/noise_clips.csv."""
+def noise_dir(audio_recordings, species_clips, tmp_path_factory) -> Path:
+    """A folder of background-noise recordings: links to the shared recordings that are not species clips."""
     folder = tmp_path_factory.mktemp("noise")
-    for row in read_csv(DATA / "noise_clips.csv"):
-        source = audio_dir / row["file_name"]
-        if not source.is_file():
-            pytest.fail(f"Fixture recording {source} is missing.")
-        (folder / row["file_name"]).symlink_to(source)
+    labelled = {clip["path"] for clip in species_clips}
+    for recording in audio_recordings:
+        if str(recording.path) not in labelled:
+            (folder / recording.name).symlink_to(recording.path)
     return folder
 
 
