@@ -65,7 +65,7 @@ def build(size: str, dtype: torch.dtype):
 
 def run_config(size: str, batch_size: int, num_beams: int, dtype: str, repeats: int) -> dict:
     from naturelm.loading import keep_freed_memory_mapped
-    from naturelm.pipeline_naturelm import TASK, NatureLMPipeline
+    from pipeline_naturelm import TASK, NatureLMPipeline
 
     keep_freed_memory_mapped()
     torch.manual_seed(0)
@@ -94,10 +94,10 @@ def run_full() -> dict:
     """One 10-s window through the full-size architecture in bf16, built on the meta device (never fp32), placed as
     `naturelm infer` places it (audio encoder in fp32 on a CPU without native bf16)."""
     from naturelm import NatureLMConfig, NatureLMForConditionalGeneration
-    from naturelm.feature_extraction_naturelm import NatureLMFeatureExtractor
+    from feature_extraction_naturelm import NatureLMFeatureExtractor
     from naturelm.loading import audio_encoder_to_fp32_without_native_bf16, keep_freed_memory_mapped
-    from naturelm.pipeline_naturelm import TASK, NatureLMPipeline
-    from naturelm.processing_naturelm import NatureLMProcessor
+    from pipeline_naturelm import TASK, NatureLMPipeline
+    from processing_naturelm import NatureLMProcessor
     from naturelm.testing_utils import llama3_tokenizer
 
     keep_freed_memory_mapped()

@@ -12,7 +12,7 @@ from .evaluation.commands import add_evaluate_parser
 from .evaluation.errors import EvaluationError
 from .infer import FORMATS, ResultWriter, run
 from .loading import RELEASED_BASE_MODEL, RELEASED_MODEL, WeightsUnavailableError, load_for_inference
-from .pipeline_naturelm import DEFAULT_QUERY
+from pipeline_naturelm import DEFAULT_QUERY
 
 
 def _convert(args: argparse.Namespace) -> int:

@@ -18,11 +18,11 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 from transformers import AutoTokenizer, Blip2QFormerConfig, GenerationConfig, LlamaConfig
 
-from .configuration_naturelm import NatureLMConfig
-from .feature_extraction_naturelm import NatureLMFeatureExtractor
-from .modeling_naturelm import NatureLMForConditionalGeneration
-from .pipeline_naturelm import TASK, NatureLMPipeline
-from .processing_naturelm import NatureLMProcessor
+from configuration_naturelm import NatureLMConfig
+from feature_extraction_naturelm import NatureLMFeatureExtractor
+from modeling_naturelm import NatureLMForConditionalGeneration
+from pipeline_naturelm import TASK, NatureLMPipeline
+from processing_naturelm import NatureLMProcessor
 
 PAD_TOKEN = "[PAD]"
 LLAMA3_END_TOKENS = ("<|end_of_text|>", "<|eom_id|>", "<|eot_id|>")

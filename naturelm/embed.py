@@ -5,7 +5,7 @@ from pathlib import Path
 import numpy as np
 
 from .audio import AudioError, stream_windows
-from .pipeline_naturelm import AudioWindow, embed_windows
+from pipeline_naturelm import AudioWindow, embed_windows
 
 
 def embed_files(model, processor, files: list[Path], window_seconds: float = 10.0, hop_seconds: float | None = None,

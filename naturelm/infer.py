@@ -14,7 +14,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from .audio import AudioError, audio_info, stream_windows
-from .pipeline_naturelm import AudioWindow, build_prompt, generate_answers, rank_labels, score_candidate_labels
+from pipeline_naturelm import AudioWindow, build_prompt, generate_answers, rank_labels, score_candidate_labels
 
 FORMATS = ("jsonl", "csv", "raven")
 RAVEN_COLUMNS = ["Selection", "View", "Channel", "Begin Time (s)", "End Time (s)", "Low Freq (Hz)",

@@ -7,10 +7,10 @@ import torch
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 from transformers.convert_slow_tokenizer import TikTokenConverter
 
-from .configuration_naturelm import NatureLMConfig
+from configuration_naturelm import NatureLMConfig
 from .convert import PAD_TOKEN, finish_model, lora_config_for
-from .modeling_naturelm import NatureLMForConditionalGeneration
-from .processing_naturelm import NatureLMProcessor
+from modeling_naturelm import NatureLMForConditionalGeneration
+from processing_naturelm import NatureLMProcessor
 
 # Llama 3's pre-tokenisation pattern and its 256 special tokens (ids 128000-128255), as in Meta's reference tokenizer.
 _LLAMA3_PATTERN = (

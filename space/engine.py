@@ -22,9 +22,9 @@ from naturelm.audio import AudioError, audio_info, stream_windows
 from naturelm.convert import DTYPES, ORIGINAL_DECODING
 from naturelm.infer import MemoryWriter, format_table, run
 from naturelm.loading import RELEASED_BASE_MODEL, RELEASED_MODEL, WeightsUnavailableError, load_model
-from naturelm.pipeline_naturelm import DEFAULT_QUERY, AudioWindow, generate_answers, window_starts
+from pipeline_naturelm import DEFAULT_QUERY, AudioWindow, generate_answers, window_starts
 from naturelm.plotting import figure_png, plot_windows, window_label
-from naturelm.processing_naturelm import audio_instruction
+from processing_naturelm import audio_instruction
 
 try:  # Hugging Face's ZeroGPU helper; absent (or inactive) anywhere else
     import spaces

@@ -3,7 +3,7 @@ evaluation. Taken from the official `beans-zero` dataset config (v1.0.0)."""
 
 from dataclasses import dataclass
 
-from ..processing_naturelm import audio_instruction
+from processing_naturelm import audio_instruction
 
 TASKS = ("classification", "detection", "captioning")
 

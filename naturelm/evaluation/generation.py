@@ -6,10 +6,10 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from ..modeling_naturelm import NatureLMForConditionalGeneration
-from ..pipeline_naturelm import AudioWindow, to_mono_16k
-from ..pipeline_naturelm import generate_answers as pipeline_generate
-from ..processing_naturelm import NatureLMProcessor
+from modeling_naturelm import NatureLMForConditionalGeneration
+from pipeline_naturelm import AudioWindow, to_mono_16k
+from pipeline_naturelm import generate_answers as pipeline_generate
+from processing_naturelm import NatureLMProcessor
 
 def generate_answers(
     model: NatureLMForConditionalGeneration,

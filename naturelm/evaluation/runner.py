@@ -13,9 +13,9 @@ from pathlib import Path
 
 import torch
 
-from ..feature_extraction_naturelm import resample
-from ..modeling_naturelm import NatureLMForConditionalGeneration
-from ..processing_naturelm import NatureLMProcessor
+from feature_extraction_naturelm import resample
+from modeling_naturelm import NatureLMForConditionalGeneration
+from processing_naturelm import NatureLMProcessor
 from .dataset import BeansZeroExample, parse_row
 from .errors import EvaluationError
 from .generation import generate_answers

@@ -19,11 +19,11 @@ from transformers import AutoModelForCausalLM, GenerationConfig
 from transformers.integrations import deepspeed as hf_deepspeed
 from trl import ModelConfig, get_peft_config
 
-from ..configuration_naturelm import NatureLMConfig
+from configuration_naturelm import NatureLMConfig
 from ..convert import _LORA_TARGET, convert_state_dict, finish_model, load_tokenizer
 from ..loading import load_model
-from ..modeling_naturelm import NatureLMBeatsModel, NatureLMForConditionalGeneration, NatureLMWindowQFormerProjector
-from ..processing_naturelm import NatureLMProcessor
+from modeling_naturelm import NatureLMBeatsModel, NatureLMForConditionalGeneration, NatureLMWindowQFormerProjector
+from processing_naturelm import NatureLMProcessor
 from .arguments import NatureLMArguments
 
 logger = logging.getLogger(__name__)

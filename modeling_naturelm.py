@@ -23,7 +23,10 @@ from transformers.modeling_outputs import (
 from transformers.modeling_utils import slice_logits_to_keep
 from transformers.utils import ModelOutput
 
-from .configuration_naturelm import NatureLMBeatsConfig, NatureLMConfig
+try:  # as remote code these files form one package; pip-installed they are top-level modules
+    from .configuration_naturelm import NatureLMBeatsConfig, NatureLMConfig
+except ImportError:
+    from configuration_naturelm import NatureLMBeatsConfig, NatureLMConfig
 
 # transformers 5.24 renamed the KV cache of model inputs and outputs from `past_key_values` to `cache`. The cache is
 # passed through `**kwargs` and the outputs subclass transformers' own, so both spellings work; callers that hand a

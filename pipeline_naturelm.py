@@ -12,9 +12,14 @@ import numpy as np
 import torch
 from transformers import LogitsProcessor, LogitsProcessorList, Pipeline
 
-from .feature_extraction_naturelm import resample
-from .modeling_naturelm import CACHE_KWARG
-from .processing_naturelm import audio_instruction
+try:  # as remote code these files form one package; pip-installed they are top-level modules
+    from .feature_extraction_naturelm import resample
+    from .modeling_naturelm import CACHE_KWARG
+    from .processing_naturelm import audio_instruction
+except ImportError:
+    from feature_extraction_naturelm import resample
+    from modeling_naturelm import CACHE_KWARG
+    from processing_naturelm import audio_instruction
 
 TASK = "naturelm-audio-text-to-text"
 DEFAULT_QUERY = "What is the common name for the focal species in the audio? Answer:"
