@@ -1,11 +1,20 @@
 # Copyright 2026 The NatureLM-audio HF authors. Licensed under the MIT License.
-"""The NatureLM-audio pipeline: long recordings in, one answer per window out.
+"""The NatureLM-audio inference engine and its transformers pipeline: recordings in, one result per window out.
+
+`run_recordings` is the one place where windows meet the model: it reads the recordings ahead in a background thread
+(through `audio_naturelm`, the one audio path), batches their windows across recordings, runs each batch through a
+task (generation, candidate-label scoring or embeddings) and hands back every recording's rows, in order, as soon as
+its last window is done. The pipeline, `naturelm infer` / `embed`, the Space and BEANS-Zero evaluation all use it.
 
 Travels with checkpoints as remote code (declared under `custom_pipelines`), so it imports only torch, numpy,
-transformers and its sibling files; decoding audio files additionally needs `soundfile`, imported when used.
+transformers and its sibling files.
 """
 
-from dataclasses import dataclass
+import queue
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -13,11 +22,11 @@ import torch
 from transformers import LogitsProcessor, LogitsProcessorList, Pipeline
 
 try:  # as remote code these files form one package; pip-installed they are top-level modules
-    from .feature_extraction_naturelm import resample
+    from .audio_naturelm import AudioError, array_windows, stream_windows, to_mono
     from .modeling_naturelm import CACHE_KWARG
     from .processing_naturelm import audio_instruction
 except ImportError:
-    from feature_extraction_naturelm import resample
+    from audio_naturelm import AudioError, array_windows, stream_windows, to_mono
     from modeling_naturelm import CACHE_KWARG
     from processing_naturelm import audio_instruction
 
@@ -27,22 +36,12 @@ DEFAULT_QUERY = "What is the common name for the focal species in the audio? Ans
 
 @dataclass
 class AudioWindow:
-    """One window of one input: 16 kHz mono samples and where they lie in the recording."""
+    """One window of a recording: 16 kHz mono samples, where they lie in the recording, and the prompt to ask."""
 
-    input_index: int
     start: float
     end: float
     audio: np.ndarray
-    prompt: str
-
-
-def window_starts(num_samples: int, window: int, hop: int) -> list[int]:
-    """Start samples of the windows covering a recording: every `hop` until a window has reached the end, so the last
-    partial window is kept (it is zero-padded to the window and reported with its true end)."""
-    starts = [0]
-    while starts[-1] + window < num_samples and starts[-1] + hop < num_samples:
-        starts.append(starts[-1] + hop)
-    return starts
+    prompt: str = ""
 
 
 def build_prompt(processor, query: str) -> str:
@@ -143,30 +142,192 @@ def embed_windows(model, processor, windows: list[AudioWindow]) -> tuple[np.ndar
     return output.pooler_output.float().mean(1).cpu().numpy(), output.last_hidden_state.float().mean(1).cpu().numpy()
 
 
-def load_audio_file(path: str | Path, sampling_rate: int) -> np.ndarray:
-    """Decodes a file (wav, flac, mp3, ogg, opus) to mono float32 at `sampling_rate`."""
-    import soundfile
-
-    audio, rate = soundfile.read(str(path), dtype="float32", always_2d=True)
-    return to_mono_16k(audio.T, rate, sampling_rate, name=str(path))
+def rank_labels(labels: list[str], probabilities: list[float]) -> dict:
+    """Labels and scores, best first (ties keep the given order)."""
+    order = sorted(range(len(labels)), key=lambda i: (-probabilities[i], i))
+    return {"labels": [labels[i] for i in order], "scores": [probabilities[i] for i in order]}
 
 
-def to_mono_16k(audio, rate: int | None, sampling_rate: int, name: str = "audio") -> np.ndarray:
-    """Validates an array (1-D, or 2-D with the shorter axis as channels) and returns mono float32 at the model rate."""
-    audio = np.asarray(audio.float().numpy() if isinstance(audio, torch.Tensor) else audio)
-    if rate is None or rate <= 0:
-        raise ValueError(f"{name}: a raw array needs its `sampling_rate` (a positive number), got {rate}.")
-    if audio.dtype.kind != "f":
-        raise ValueError(f"{name}: dtype {audio.dtype} is not supported; pass float audio in [-1, 1].")
-    if audio.ndim == 2:
-        audio = audio.mean(axis=0 if audio.shape[0] <= audio.shape[1] else 1)
-    if audio.ndim != 1 or audio.size == 0:
-        raise ValueError(f"{name}: expected a non-empty 1-D or 2-D array, got shape {audio.shape}.")
-    if not np.isfinite(audio).all():
-        raise ValueError(f"{name}: contains NaN or infinite samples.")
-    if rate != sampling_rate:
-        audio = resample(torch.from_numpy(audio.astype(np.float64)), int(rate), sampling_rate).numpy()
-    return audio.astype(np.float32)
+# Tasks: what a batch of windows is run through. Each maps (model, processor, windows) to one result dict per window.
+Task = Callable[..., list[dict]]
+
+
+def _generation(model, processor, windows: list[AudioWindow], strip: bool = True, **generate_kwargs) -> list[dict]:
+    texts = generate_answers(model, processor, windows, **generate_kwargs)
+    return [{"text": text.strip() if strip else text} for text in texts]
+
+
+def _label_scores(model, processor, windows: list[AudioWindow], labels: list[str]) -> list[dict]:
+    probabilities = score_candidate_labels(model, processor, windows, labels).cpu().tolist()
+    return [rank_labels(labels, p) for p in probabilities]
+
+
+def _embeddings(model, processor, windows: list[AudioWindow]) -> list[dict]:
+    llm, beats = embed_windows(model, processor, windows)
+    return [{"llm_embedding": a, "beats_embedding": b} for a, b in zip(llm, beats)]
+
+
+def generation_task(strip: bool = True, **generate_kwargs) -> Task:
+    """Answers generated for each window (`{"text"}`), decoded without special tokens (and stripped)."""
+    return partial(_generation, strip=strip, **generate_kwargs)
+
+
+def label_task(labels: list[str]) -> Task:
+    """Probabilities over `labels` for each window (`{"labels", "scores"}`, best first)."""
+    if not labels:
+        raise ValueError("Candidate labels must hold at least one label.")
+    return partial(_label_scores, labels=list(labels))
+
+
+def embedding_task() -> Task:
+    """Per-window embeddings (`{"llm_embedding", "beats_embedding"}`)."""
+    return _embeddings
+
+
+@dataclass
+class Recording:
+    """One input of a run: its name, a function that yields its `(start s, end s, 16 kHz samples)` windows (called
+    once, in the reading thread), and the prompt its windows are asked."""
+
+    key: str
+    windows: Callable[[], Iterable[tuple[float, float, np.ndarray]]]
+    prompt: str = ""
+
+    @classmethod
+    def from_file(cls, path: str | Path, window_seconds: float = 10.0, hop_seconds: float | None = None,
+                  prompt: str = "") -> "Recording":
+        return cls(str(path), partial(stream_windows, path, window_seconds, hop_seconds), prompt)
+
+    @classmethod
+    def from_array(cls, key: str, samples: np.ndarray, window_seconds: float = 10.0,
+                   hop_seconds: float | None = None, prompt: str = "") -> "Recording":
+        """`samples`: mono float32 at 16 kHz (see `audio_naturelm.to_mono`)."""
+        return cls(key, partial(array_windows, samples, window_seconds, hop_seconds), prompt)
+
+
+@dataclass
+class RecordingResult:
+    """A finished recording: its position in the input, its rows (`start`, `end` and the task's fields, one per
+    window, in order) or, for a recording that could not be read, the reason."""
+
+    index: int
+    key: str
+    rows: list[dict] = field(default_factory=list)
+    error: str | None = None
+
+
+_DONE = object()
+
+
+def _read_ahead(recordings: Iterable[Recording], out: queue.Queue, stop: threading.Event) -> None:
+    """The reading thread: decodes every recording in order and queues its windows, then how it ended."""
+
+    def put(item) -> None:
+        while not stop.is_set():
+            try:
+                out.put(item, timeout=0.1)
+                return
+            except queue.Full:
+                continue
+
+    for index, recording in enumerate(recordings):
+        error = None
+        try:
+            for start, end, samples in recording.windows():
+                put((index, recording, AudioWindow(start, end, samples, recording.prompt)))
+                if stop.is_set():
+                    return
+        except AudioError as reason:
+            error = str(reason)
+        except Exception as reason:  # whatever a broken file raises, it must not end the run
+            error = f"cannot be read ({type(reason).__name__}: {reason})"
+        put((index, recording, error))
+    put(_DONE)
+
+
+def run_recordings(
+    model,
+    processor,
+    recordings: Iterable[Recording],
+    task: Task,
+    batch_size: int = 8,
+    read_ahead: int = 2,
+    on_batch: Callable[[list[AudioWindow]], None] | None = None,
+) -> Iterator[RecordingResult]:
+    """
+    Runs every window of every recording through `task`, `batch_size` windows at a time across recording
+    boundaries, and yields each recording's [`RecordingResult`] in input order once all its windows are done.
+
+    Args:
+        model, processor: the model (eval mode, on its device) and its processor.
+        recordings (`Iterable[Recording]`): the inputs, read lazily in a background thread.
+        task (`Task`): `generation_task(...)`, `label_task(labels)` or `embedding_task()`.
+        batch_size (`int`, defaults to 8): windows per model call.
+        read_ahead (`int`, defaults to 2): batches decoded ahead of the model (bounds the memory held).
+        on_batch (`Callable`, *optional*): called with each batch's windows once they are done (progress bars).
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be positive, got {batch_size}.")
+    events: queue.Queue = queue.Queue(maxsize=max(1, read_ahead) * batch_size)
+    stop = threading.Event()
+    reader = threading.Thread(target=_read_ahead, args=(recordings, events, stop), daemon=True,
+                              name="naturelm-audio-reader")
+    states: dict[int, _State] = {}
+    pending: list[tuple[_State, int, AudioWindow]] = []
+    next_index = 0
+
+    def run_batch() -> None:
+        if not pending:
+            return
+        windows = [window for _, _, window in pending]
+        with torch.inference_mode():
+            outputs = task(model, processor, windows)
+        for (state, number, window), output in zip(pending, outputs):
+            state.rows[number] = {"start": round(window.start, 6), "end": round(window.end, 6), **output}
+        pending.clear()
+        if on_batch is not None:
+            on_batch(windows)
+
+    def finished() -> Iterator[RecordingResult]:
+        nonlocal next_index
+        while next_index in states and states[next_index].finished:
+            state = states.pop(next_index)
+            next_index += 1
+            rows = [] if state.result.error else [state.rows[n] for n in range(state.windows)]
+            yield RecordingResult(state.result.index, state.result.key, rows, state.result.error)
+
+    reader.start()
+    try:
+        while (event := events.get()) is not _DONE:
+            index, recording, payload = event
+            state = states.setdefault(index, _State(RecordingResult(index, recording.key)))
+            if isinstance(payload, AudioWindow):
+                pending.append((state, state.windows, payload))
+                state.windows += 1
+                if len(pending) >= batch_size:
+                    run_batch()
+            else:  # read to its end; `payload` is the reason it could not be read, if any
+                state.done, state.result.error = True, payload
+                if payload is not None:
+                    pending[:] = [item for item in pending if item[0] is not state]
+            yield from finished()
+        run_batch()
+        yield from finished()
+    finally:
+        stop.set()
+        reader.join()
+
+
+@dataclass
+class _State:
+    result: RecordingResult
+    rows: dict[int, dict] = field(default_factory=dict)
+    windows: int = 0
+    done: bool = False
+
+    @property
+    def finished(self) -> bool:
+        return self.done and (self.result.error is not None or len(self.rows) == self.windows)
 
 
 class NatureLMPipeline(Pipeline):
@@ -210,63 +371,54 @@ class NatureLMPipeline(Pipeline):
         queries = [query] * len(inputs) if isinstance(query, str) else list(query)
         if len(queries) != len(inputs):
             raise ValueError(f"Got {len(inputs)} inputs but {len(queries)} queries.")
-        if candidate_labels is not None and not candidate_labels:
-            raise ValueError("`candidate_labels` must hold at least one label.")
-        windows = [
-            w
-            for index, (item, q) in enumerate(zip(inputs, queries))
-            for w in self.preprocess(item, index=index, query=q, sampling_rate=sampling_rate,
-                                     window_seconds=window_seconds, hop_seconds=hop_seconds)
-        ]
-        outputs = []
-        for first in range(0, len(windows), batch_size):
-            outputs += self._forward(windows[first : first + batch_size], candidate_labels, **generate_kwargs)
-        results = [self.postprocess(item, [o for o in outputs if o["input_index"] == i]) for i, item in
-                   enumerate(inputs)]
+        task = label_task(candidate_labels) if candidate_labels is not None else generation_task(**generate_kwargs)
+        recordings = [self.preprocess(item, index, q, sampling_rate, window_seconds, hop_seconds)
+                      for index, (item, q) in enumerate(zip(inputs, queries))]
+        results = []
+        batches = run_recordings(self.model, self.processor, recordings,
+                                 lambda model, processor, windows: self._forward(windows, task), batch_size)
+        for result in batches:
+            if result.error is not None:
+                raise ValueError(f"{result.key} {result.error}.")
+            results.append(self.postprocess(inputs[result.index], result.rows))
         return results[0] if single else results
 
     def preprocess(self, item, index: int = 0, query: str = DEFAULT_QUERY, sampling_rate: int | None = None,
-                   window_seconds: float = 10.0, hop_seconds: float | None = None) -> list[AudioWindow]:
-        rate = self.processor.feature_extractor.sampling_rate
-        if isinstance(item, (str, Path)):
-            audio = load_audio_file(item, rate)
-        elif isinstance(item, dict):
-            array = item.get("array", item.get("raw"))
-            audio = to_mono_16k(array, item.get("sampling_rate", sampling_rate), rate, name=f"input {index}")
-        else:
-            audio = to_mono_16k(item, sampling_rate, rate, name=f"input {index}")
-        window = round(window_seconds * rate)
-        hop = round((hop_seconds or window_seconds) * rate)
-        if window <= 0 or hop <= 0:
-            raise ValueError(f"window_seconds ({window_seconds}) and hop_seconds ({hop_seconds}) must be positive.")
+                   window_seconds: float = 10.0, hop_seconds: float | None = None) -> Recording:
+        """A path is read lazily (block by block); an array is checked, mixed to mono and resampled now."""
         prompt = build_prompt(self.processor, query)
-        return [
-            AudioWindow(index, s / rate, min(s + window, len(audio)) / rate, audio[s : s + window], prompt)
-            for s in window_starts(len(audio), window, hop)
-        ]
+        if isinstance(item, (str, Path)):
+            return Recording.from_file(item, window_seconds, hop_seconds, prompt)
+        name = f"input {index}"
+        if isinstance(item, dict):
+            item, rate = item.get("array", item.get("raw")), item.get("sampling_rate", sampling_rate)
+        else:
+            rate = sampling_rate
+        try:
+            samples = to_mono(item, rate, self.processor.feature_extractor.sampling_rate, name=name)
+        except AudioError as error:
+            raise ValueError(str(error)) from None
+        return Recording.from_array(name, samples, window_seconds, hop_seconds, prompt)
 
-    def _forward(self, windows: list[AudioWindow], candidate_labels: list[str] | None = None,
-                 **generate_kwargs) -> list[dict]:
-        if candidate_labels is not None:
-            probabilities = score_candidate_labels(self.model, self.processor, windows, candidate_labels).cpu()
-            return [
-                {"input_index": w.input_index, "start": w.start, "end": w.end,
-                 **rank_labels(candidate_labels, p.tolist())}
-                for w, p in zip(windows, probabilities)
-            ]
-        texts = generate_answers(self.model, self.processor, windows, **generate_kwargs)
-        return [{"input_index": w.input_index, "start": w.start, "end": w.end, "text": t.strip()}
-                for w, t in zip(windows, texts)]
+    def _forward(self, windows: list[AudioWindow], task: Task) -> list[dict]:
+        """One batch of windows (from any inputs) through the task; `run_recordings` forms the batches."""
+        return task(self.model, self.processor, windows)
 
-    def postprocess(self, item, outputs: list[dict]) -> dict:
-        windows = [{k: v for k, v in o.items() if k != "input_index"} for o in outputs]
-        return {"file": str(item) if isinstance(item, (str, Path)) else None, "windows": windows}
+    def postprocess(self, item, rows: list[dict]) -> dict:
+        return {"file": str(item) if isinstance(item, (str, Path)) else None, "windows": rows}
 
 
-def rank_labels(labels: list[str], probabilities: list[float]) -> dict:
-    """Labels and scores, best first (ties keep the given order)."""
-    order = sorted(range(len(labels)), key=lambda i: (-probabilities[i], i))
-    return {"labels": [labels[i] for i in order], "scores": [probabilities[i] for i in order]}
-
-
-__all__ = ["NatureLMPipeline", "TASK", "rank_labels"]
+__all__ = [
+    "DEFAULT_QUERY",
+    "TASK",
+    "AudioWindow",
+    "NatureLMPipeline",
+    "Recording",
+    "RecordingResult",
+    "build_prompt",
+    "embedding_task",
+    "generation_task",
+    "label_task",
+    "rank_labels",
+    "run_recordings",
+]

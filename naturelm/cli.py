@@ -5,7 +5,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from .audio import find_audio_files
+from audio_naturelm import find_audio_files
 from .convert import DTYPES, ConversionError, convert
 from .embed import embed_files, write_embeddings
 from .evaluation.commands import add_evaluate_parser
