@@ -3,12 +3,14 @@
 Feature extractor for NatureLM-audio: the BEATs Kaldi log-mel front end.
 
 This file is shipped with checkpoints as remote code (`trust_remote_code=True`), so it imports only torch, numpy,
-transformers and the standard library.
+transformers and the standard library; decoding audio files also needs `soundfile`, reached through transformers'
+optional import of it.
 """
 
 import math
 import warnings
 from functools import lru_cache
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -16,7 +18,7 @@ import torch
 from transformers.audio_utils import mel_filter_bank
 from transformers.feature_extraction_sequence_utils import SequenceFeatureExtractor
 from transformers.feature_extraction_utils import BatchFeature
-from transformers.utils import TensorType, logging
+from transformers.utils import TensorType, is_soundfile_available, logging
 
 
 logger = logging.get_logger(__name__)
@@ -91,6 +93,35 @@ def resample(waveform: torch.Tensor, orig_freq: int, new_freq: int, max_length: 
     padded = torch.nn.functional.pad(waveform.reshape(-1, 1, length), (width, width + orig_freq))
     out = torch.nn.functional.conv1d(padded, kernel.to(waveform.dtype), stride=orig_freq)  # (batch, phase, block)
     return out.transpose(1, 2).reshape(*shape, -1)[..., :out_length]
+
+
+def load_audio_file(path: str | Path, sampling_rate: int) -> np.ndarray:
+    """Decodes a file (wav, flac, mp3, ogg, opus) with soundfile to mono float32 at `sampling_rate` (resampled by
+    [`resample`]). The one audio-file reader of the package: the pipeline and `apply_chat_template` use it."""
+    if not is_soundfile_available():
+        raise ImportError(f"Reading {path} needs the soundfile package (pip install soundfile).")
+    from transformers import audio_utils  # decodes through the soundfile module transformers itself imports
+
+    audio, rate = audio_utils.sf.read(str(path), dtype="float32", always_2d=True)
+    return to_mono_16k(audio.T, rate, sampling_rate, name=str(path))
+
+
+def to_mono_16k(audio, rate: int | None, sampling_rate: int, name: str = "audio") -> np.ndarray:
+    """Validates an array (1-D, or 2-D with the shorter axis as channels) and returns mono float32 at the model rate."""
+    audio = np.asarray(audio.float().numpy() if isinstance(audio, torch.Tensor) else audio)
+    if rate is None or rate <= 0:
+        raise ValueError(f"{name}: a raw array needs its `sampling_rate` (a positive number), got {rate}.")
+    if audio.dtype.kind != "f":
+        raise ValueError(f"{name}: dtype {audio.dtype} is not supported; pass float audio in [-1, 1].")
+    if audio.ndim == 2:
+        audio = audio.mean(axis=0 if audio.shape[0] <= audio.shape[1] else 1)
+    if audio.ndim != 1 or audio.size == 0:
+        raise ValueError(f"{name}: expected a non-empty 1-D or 2-D array, got shape {audio.shape}.")
+    if not np.isfinite(audio).all():
+        raise ValueError(f"{name}: contains NaN or infinite samples.")
+    if rate != sampling_rate:
+        audio = resample(torch.from_numpy(audio.astype(np.float64)), int(rate), sampling_rate).numpy()
+    return audio.astype(np.float32)
 
 
 class NatureLMFeatureExtractor(SequenceFeatureExtractor):
@@ -336,4 +367,4 @@ class NatureLMFeatureExtractor(SequenceFeatureExtractor):
         return BatchFeature(data, tensor_type=return_tensors)
 
 
-__all__ = ["NatureLMFeatureExtractor"]
+__all__ = ["NatureLMFeatureExtractor", "load_audio_file", "resample", "to_mono_16k"]

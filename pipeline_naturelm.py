@@ -13,11 +13,11 @@ import torch
 from transformers import LogitsProcessor, LogitsProcessorList, Pipeline
 
 try:  # as remote code these files form one package; pip-installed they are top-level modules
-    from .feature_extraction_naturelm import resample
+    from .feature_extraction_naturelm import load_audio_file, to_mono_16k
     from .modeling_naturelm import CACHE_KWARG
     from .processing_naturelm import audio_instruction
 except ImportError:
-    from feature_extraction_naturelm import resample
+    from feature_extraction_naturelm import load_audio_file, to_mono_16k
     from modeling_naturelm import CACHE_KWARG
     from processing_naturelm import audio_instruction
 
@@ -141,32 +141,6 @@ def embed_windows(model, processor, windows: list[AudioWindow]) -> tuple[np.ndar
     ).input_features.to(model.device)
     output = model.get_audio_features(features)
     return output.pooler_output.float().mean(1).cpu().numpy(), output.last_hidden_state.float().mean(1).cpu().numpy()
-
-
-def load_audio_file(path: str | Path, sampling_rate: int) -> np.ndarray:
-    """Decodes a file (wav, flac, mp3, ogg, opus) to mono float32 at `sampling_rate`."""
-    import soundfile
-
-    audio, rate = soundfile.read(str(path), dtype="float32", always_2d=True)
-    return to_mono_16k(audio.T, rate, sampling_rate, name=str(path))
-
-
-def to_mono_16k(audio, rate: int | None, sampling_rate: int, name: str = "audio") -> np.ndarray:
-    """Validates an array (1-D, or 2-D with the shorter axis as channels) and returns mono float32 at the model rate."""
-    audio = np.asarray(audio.float().numpy() if isinstance(audio, torch.Tensor) else audio)
-    if rate is None or rate <= 0:
-        raise ValueError(f"{name}: a raw array needs its `sampling_rate` (a positive number), got {rate}.")
-    if audio.dtype.kind != "f":
-        raise ValueError(f"{name}: dtype {audio.dtype} is not supported; pass float audio in [-1, 1].")
-    if audio.ndim == 2:
-        audio = audio.mean(axis=0 if audio.shape[0] <= audio.shape[1] else 1)
-    if audio.ndim != 1 or audio.size == 0:
-        raise ValueError(f"{name}: expected a non-empty 1-D or 2-D array, got shape {audio.shape}.")
-    if not np.isfinite(audio).all():
-        raise ValueError(f"{name}: contains NaN or infinite samples.")
-    if rate != sampling_rate:
-        audio = resample(torch.from_numpy(audio.astype(np.float64)), int(rate), sampling_rate).numpy()
-    return audio.astype(np.float32)
 
 
 class NatureLMPipeline(Pipeline):

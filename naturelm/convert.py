@@ -276,13 +276,7 @@ def finish_model(
     config = model.config
     config.text_config.pad_token_id = tokenizer.pad_token_id
     model.generation_config = naturelm_generation_config(tokenizer, generation)
-    return NatureLMProcessor(
-        NatureLMFeatureExtractor(),
-        tokenizer,
-        window_tokens=config.window_tokens,
-        window_stride_tokens=config.window_stride_tokens,
-        num_query_tokens=config.num_query_tokens,
-    )
+    return NatureLMProcessor(NatureLMFeatureExtractor(), tokenizer, **NatureLMProcessor.windowing_from_config(config))
 
 
 def convert(

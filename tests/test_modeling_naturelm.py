@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from naturelm.modeling_naturelm import NatureLMBeatsWeightNormConv1d
+from modeling_naturelm import NatureLMBeatsWeightNormConv1d
 from naturelm.testing_utils import tiny_model_and_processor
 
 QUERIES = ["What is the common name for the focal species in the audio? Answer:", "Caption the audio."]

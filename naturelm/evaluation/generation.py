@@ -6,8 +6,9 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from feature_extraction_naturelm import to_mono_16k
 from modeling_naturelm import NatureLMForConditionalGeneration
-from pipeline_naturelm import AudioWindow, to_mono_16k
+from pipeline_naturelm import AudioWindow
 from pipeline_naturelm import generate_answers as pipeline_generate
 from processing_naturelm import NatureLMProcessor
 
