@@ -325,6 +325,11 @@ class NatureLMWindowQFormerProjector(nn.Module):
 
     def forward(self, audio_hidden_states: torch.Tensor) -> torch.Tensor:
         batch_size, _, width = audio_hidden_states.shape
+        if audio_hidden_states.shape[1] < self.window_tokens:
+            raise ValueError(
+                f"The clips give {audio_hidden_states.shape[1]} BEATs tokens, fewer than the {self.window_tokens} of one "
+                "Q-Former window; use longer clips (the feature extractor's max_length_seconds)."
+            )
         hidden_states = self.layer_norm(audio_hidden_states)
         # Sliding windows over time; a tail shorter than a window is dropped, as in the original's F.unfold.
         windows = hidden_states.unfold(1, self.window_tokens, self.window_stride_tokens)

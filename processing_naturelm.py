@@ -100,6 +100,11 @@ class NatureLMProcessor(ProcessorMixin):
         self.max_answer_tokens = max_answer_tokens
         super().__init__(feature_extractor, tokenizer, chat_template=chat_template or CHAT_TEMPLATE)
         self.audio_token_id = tokenizer.convert_tokens_to_ids(audio_token)
+        if self.num_audio_tokens < 1:
+            raise ValueError(
+                f"Clips of {feature_extractor.max_length_seconds} s are shorter than one Q-Former window of "
+                f"{window_tokens} BEATs patches, so they would give no audio token; use longer clips."
+            )
         if tokenizer.pad_token_id is None:
             raise ValueError("The tokenizer has no pad token; NatureLM uses '[PAD]' (id 128256).")
 
