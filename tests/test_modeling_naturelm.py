@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from naturelm.modeling_naturelm import NatureLMBeatsWeightNormConv1d
+from modeling_naturelm import NatureLMBeatsWeightNormConv1d
 from naturelm.testing_utils import tiny_model_and_processor
 
 QUERIES = ["What is the common name for the focal species in the audio? Answer:", "Caption the audio."]
@@ -85,7 +85,8 @@ def test_sampling_is_reproducible_with_a_seed(tiny, clips):
 def test_beam_search_with_several_clips_per_prompt_is_refused(tiny, clips):
     model, processor = tiny
     inputs = processor(text=_prompt(processor, "Compare.", num_audios=2), audio=clips, sampling_rate=16000)
-    assert model.generate(**inputs, max_new_tokens=2).shape[0] == 1  # greedy handles two clips in one prompt
+    # greedy handles two clips in one prompt (num_beams=1: the generation config decodes with 2 beams, as the original)
+    assert model.generate(**inputs, max_new_tokens=2, num_beams=1).shape[0] == 1
     with pytest.raises(ValueError, match="one clip per prompt"):
         model.generate(**inputs, max_new_tokens=2, num_beams=2)
 

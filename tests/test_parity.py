@@ -109,7 +109,9 @@ def test_generation_prompt_embeddings_match(converted, reference, reference_io):
 
 
 def _generate(model, inputs, num_tokens: int) -> list[list[int]]:
-    output = model.generate(**inputs, max_new_tokens=num_tokens, min_new_tokens=num_tokens, do_sample=False)
+    # greedy, as the reference ids were made (the checkpoints' own generation config decodes with 2 beams)
+    output = model.generate(**inputs, max_new_tokens=num_tokens, min_new_tokens=num_tokens, do_sample=False,
+                            num_beams=1)
     return output[:, inputs["input_ids"].shape[1]:].tolist()
 
 

@@ -8,7 +8,7 @@ from transformers import LogitsProcessorList, MinLengthLogitsProcessor, MinNewTo
 
 from naturelm import NatureLMPipeline
 from naturelm.convert import convert, from_original
-from naturelm.pipeline_naturelm import TASK, MinNewTokensInPlaceLogitsProcessor, build_prompt, window_starts
+from pipeline_naturelm import TASK, MinNewTokensInPlaceLogitsProcessor, build_prompt, window_starts
 from naturelm.testing_utils import tiny_model_and_processor
 
 
