@@ -486,6 +486,8 @@ class NatureLMModel(NatureLMPreTrainedModel):
         """
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("Pass exactly one of `input_ids` or `inputs_embeds`.")
+        if inputs_embeds is None:
+            inputs_embeds = self.get_input_embeddings()(input_ids)
         audio_embeds = None
         if input_features is not None:
             inputs_embeds, audio_embeds = self.get_merged_audio_embeddings(inputs_embeds, input_features, input_ids)
