@@ -1,19 +1,28 @@
-"""Inference throughput and memory of the NatureLM pipeline (a benchmark, not a test).
+"""Inference throughput and memory of the NatureLM engine (a benchmark, not a test).
 
 Builds a long 16 kHz recording from `../shared/audio` (env NATURELM_AUDIO_DIR) and runs it, already in memory as the
-original was measured, through the pipeline in 10-s windows with exactly 20 new tokens per window (the minimum is
-forced so random weights cannot stop early), greedy and with 2 beams, batched and one window at a time:
+original was measured, through the pipeline (the engine, `run_recordings`) in 10-s windows with exactly 20 new tokens
+per window (the minimum is forced so random weights cannot stop early), greedy and with 2 beams, batched and one
+window at a time:
 
 - `tiny`: the parity model converted from `../shared/parity` (env NATURELM_PARITY_DIR), 5 minutes of audio;
 - `mid`: random weights, full BEATs (12 x 768) and Q-Former (768), a Llama of hidden 512 x 4 layers, 2 minutes;
-- `full`: one 10-s window through the full-size architecture (Llama-3.1-8B shaped, random bf16 weights; `--dtype`
-  does not apply).
+- `full`: the full-size architecture (Llama-3.1-8B shaped, random bf16 weights built on the meta device; `--dtype`
+  does not apply), `--full-batch` windows batched and one window alone (no warm-up batch, one timed run: each window
+  costs seconds);
+- `e2e`: `naturelm infer`'s own loop (`naturelm.infer.run`) on a folder of the compressed (mp3) recordings at mid
+  size, against the same audio decoded beforehand and run in memory: shows how far background decoding hides the
+  decoder.
 
 Each configuration runs in its own process so that its peak RSS is its own, set up as `naturelm infer` sets itself up
-on CPU (freed memory kept mapped, LoRA merged into the weights). After one warm-up batch, the recording is run
-`--repeats` times and the median is reported. Usage:
+(`load_for_inference`'s placement: freed memory kept mapped on CPU, LoRA merged, fp32 audio encoder beside a bf16 LLM
+where the CPU has no native bf16). After one warm-up batch, the recording is run `--repeats` times and the median is
+reported. Usage:
 
-    ./run python bench/bench_inference.py [tiny mid full] [--batch-size 32] [--dtype fp32|bf16] [--repeats 3]
+    ./run python bench/bench_inference.py [tiny mid full e2e] [--batch-size 32] [--full-batch 4] [--dtype fp32|bf16]
+        [--repeats 3] [--device cpu|cuda]
+    ./run python bench/bench_inference.py --one SIZE,BATCH,BEAMS   # one configuration, one JSON line: size,
+        # batch_size, num_beams, audio_s_per_s, peak_rss_gb (+ seconds_per_window, texts, ...); other tools read it
 """
 
 import argparse
@@ -26,8 +35,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import soundfile
-import soxr
 import torch
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
@@ -35,131 +42,187 @@ DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
 def long_recording(seconds: float) -> np.ndarray:
-    """The shared recordings, mono 16 kHz, concatenated and repeated to `seconds`."""
+    """The shared recordings, mono 16 kHz (read by the package's audio path), concatenated and repeated to
+    `seconds`."""
+    from audio_naturelm import read_audio
+
     audio_dir = Path(os.environ.get("NATURELM_AUDIO_DIR", SHARED / "audio"))
-    pieces = []
-    for path in sorted(audio_dir.iterdir()):
-        audio, rate = soundfile.read(path, dtype="float32", always_2d=True)
-        pieces.append(soxr.resample(audio.mean(1), rate, 16000) if rate != 16000 else audio.mean(1))
-    audio = np.concatenate(pieces)
+    audio = np.concatenate([read_audio(path) for path in sorted(audio_dir.iterdir())])
     return np.tile(audio, int(np.ceil(seconds * 16000 / len(audio))))[: int(seconds * 16000)]
 
 
-def build(size: str, dtype: torch.dtype):
+def build(size: str, dtype: torch.dtype, device: str):
+    """The model of a size, placed as `naturelm infer` places it, and its processor; plus how it was built."""
     from naturelm.convert import from_original
+    from naturelm.loading import audio_encoder_to_fp32_without_native_bf16, keep_freed_memory_mapped
     from naturelm.testing_utils import tiny_model_and_processor
 
+    if torch.device(device).type == "cpu":
+        keep_freed_memory_mapped()
+    torch.manual_seed(0)
+    started, info = time.perf_counter(), {}
     if size == "tiny":
         parity = Path(os.environ.get("NATURELM_PARITY_DIR", SHARED / "parity"))
-        return from_original(parity / "original_checkpoint_full", parity / "base_llama",
-                             parity / "qformer_config.json", dtype=dtype)
-    if size == "mid":
+        model, processor = from_original(parity / "original_checkpoint_full", parity / "base_llama",
+                                         parity / "qformer_config.json", dtype=dtype)
+    elif size == "mid":
         model, processor = tiny_model_and_processor(
             audio_config={}, qformer_config={},
             text_config=dict(hidden_size=512, intermediate_size=1536, num_hidden_layers=4, num_attention_heads=8,
                              num_key_value_heads=4),
         )
-        return model.to(dtype), processor
-    raise ValueError(size)
+        model = model.to(dtype)
+    elif size == "full":
+        model, processor = _full_size(device)
+    else:
+        raise ValueError(size)
+    if getattr(model, "_hf_peft_config_loaded", False):
+        model.merge_adapter_into_weights()
+    model = model.to(device).eval()
+    info["fp32_audio_encoder"] = audio_encoder_to_fp32_without_native_bf16(model)
+    info["build_seconds"] = time.perf_counter() - started
+    return model, processor, info
 
 
-def run_config(size: str, batch_size: int, num_beams: int, dtype: str, repeats: int) -> dict:
-    from naturelm.loading import keep_freed_memory_mapped
-    from naturelm.pipeline_naturelm import TASK, NatureLMPipeline
-
-    keep_freed_memory_mapped()
-    torch.manual_seed(0)
-    model, processor = build(size, DTYPES[dtype])
-    model.merge_adapter_into_weights()
-    pipe = NatureLMPipeline(model=model.eval(), processor=processor, task=TASK, device=model.device)
-    audio = long_recording({"tiny": 300.0, "mid": 120.0}[size])
-    kwargs = dict(max_new_tokens=20, min_new_tokens=20, num_beams=num_beams, do_sample=False)
-    with torch.inference_mode():
-        pipe(audio[: 16000 * 10 * batch_size], sampling_rate=16000, batch_size=batch_size, **kwargs)  # warm-up
-        times = []
-        for _ in range(repeats):
-            started = time.perf_counter()
-            result = pipe(audio, sampling_rate=16000, batch_size=batch_size, **kwargs)
-            times.append(time.perf_counter() - started)
-    seconds = float(np.median(times))
-    return {
-        "size": size, "batch_size": batch_size, "num_beams": num_beams, "dtype": dtype,
-        "audio_seconds": len(audio) / 16000, "seconds": seconds, "audio_s_per_s": len(audio) / 16000 / seconds,
-        "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
-        "texts": [w["text"] for w in result["windows"]],
-    }
-
-
-def run_full() -> dict:
-    """One 10-s window through the full-size architecture in bf16, built on the meta device (never fp32), placed as
-    `naturelm infer` places it (audio encoder in fp32 on a CPU without native bf16)."""
-    from naturelm import NatureLMConfig, NatureLMForConditionalGeneration
-    from naturelm.feature_extraction_naturelm import NatureLMFeatureExtractor
-    from naturelm.loading import audio_encoder_to_fp32_without_native_bf16, keep_freed_memory_mapped
-    from naturelm.pipeline_naturelm import TASK, NatureLMPipeline
-    from naturelm.processing_naturelm import NatureLMProcessor
+def _full_size(device: str):
+    """The full-size architecture in bf16 with random weights, built on the meta device (never fp32) and filled in
+    place on `device`."""
+    from configuration_naturelm import NatureLMConfig
+    from feature_extraction_naturelm import NatureLMFeatureExtractor
+    from modeling_naturelm import NatureLMForConditionalGeneration
     from naturelm.testing_utils import llama3_tokenizer
+    from processing_naturelm import NatureLMProcessor
 
-    keep_freed_memory_mapped()
-    started = time.perf_counter()
     with torch.device("meta"):
         model = NatureLMForConditionalGeneration(NatureLMConfig())
-    model = model.to(torch.bfloat16).to_empty(device="cpu")
-    generator = torch.Generator().manual_seed(0)
+    model = model.to(torch.bfloat16).to_empty(device=device)
+    generator = torch.Generator(device=device).manual_seed(0)
     with torch.no_grad():
         for param in model.parameters():  # cheap random weights, filled in place
             param.uniform_(-0.02, 0.02, generator=generator)
         for module in model.modules():  # non-persistent buffers (rotary frequencies) are rebuilt
             if hasattr(module, "rope_init_fn"):
-                inv_freq, module.attention_scaling = module.rope_init_fn(module.config, "cpu")
+                inv_freq, module.attention_scaling = module.rope_init_fn(module.config, device)
                 module.inv_freq = inv_freq
                 module.original_inv_freq = inv_freq
-    fp32_encoder = audio_encoder_to_fp32_without_native_bf16(model)
-    build_seconds = time.perf_counter() - started
-    processor = NatureLMProcessor(NatureLMFeatureExtractor(), llama3_tokenizer())
-    pipe = NatureLMPipeline(model=model.eval(), processor=processor, task=TASK, device=torch.device("cpu"))
-    audio = long_recording(10.0)
-    started = time.perf_counter()
-    with torch.inference_mode():
-        pipe(audio, sampling_rate=16000, batch_size=1, max_new_tokens=20, min_new_tokens=20, do_sample=False)
-    return {"size": "full", "fp32_audio_encoder": fp32_encoder, "build_seconds": build_seconds,
-            "seconds_per_window": time.perf_counter() - started,
-            "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}
+    return model, NatureLMProcessor(NatureLMFeatureExtractor(), llama3_tokenizer())
+
+
+def _peak_rss_gb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
+def _timed(function, repeats: int) -> tuple[float, object]:
+    times, result = [], None
+    for _ in range(repeats):
+        started = time.perf_counter()
+        result = function()
+        times.append(time.perf_counter() - started)
+    return float(np.median(times)), result
+
+
+def run_config(size: str, batch_size: int, num_beams: int, dtype: str, repeats: int, device: str) -> dict:
+    from pipeline_naturelm import TASK, NatureLMPipeline
+
+    model, processor, info = build(size, DTYPES[dtype], device)
+    pipe = NatureLMPipeline(model=model, processor=processor, task=TASK, device=model.device)
+    audio = long_recording({"tiny": 300.0, "mid": 120.0, "full": 10.0 * batch_size}[size])
+    kwargs = dict(max_new_tokens=20, min_new_tokens=20, num_beams=num_beams, do_sample=False)
+    if size == "full":
+        repeats = 1  # seconds per window: no warm-up batch, one timed run
+    else:
+        pipe(audio[: 16000 * 10 * batch_size], sampling_rate=16000, batch_size=batch_size, **kwargs)  # warm-up
+    seconds, result = _timed(lambda: pipe(audio, sampling_rate=16000, batch_size=batch_size, **kwargs), repeats)
+    windows = len(result["windows"])
+    return {
+        "size": size, "batch_size": batch_size, "num_beams": num_beams, "dtype": "bf16" if size == "full" else dtype,
+        "device": device, "audio_seconds": len(audio) / 16000, "seconds": seconds,
+        "audio_s_per_s": len(audio) / 16000 / seconds, "seconds_per_window": seconds / windows,
+        "peak_rss_gb": _peak_rss_gb(), **info, "texts": [w["text"] for w in result["windows"]],
+    }
+
+
+def run_end_to_end(batch_size: int, num_beams: int, dtype: str, repeats: int, device: str) -> dict:
+    """`naturelm.infer.run` on a folder of the shared mp3 recordings at mid size, against the pipeline on the same
+    recordings decoded beforehand (the same windows, batches and texts)."""
+    import tempfile
+
+    from audio_naturelm import read_audio
+    from naturelm.infer import MemoryWriter, run
+    from pipeline_naturelm import DEFAULT_QUERY, TASK, NatureLMPipeline
+
+    model, processor, info = build("mid", DTYPES[dtype], device)
+    audio_dir = Path(os.environ.get("NATURELM_AUDIO_DIR", SHARED / "audio"))
+    files = sorted(audio_dir.glob("*.mp3"))
+    kwargs = dict(max_new_tokens=20, min_new_tokens=20, num_beams=num_beams, do_sample=False)
+    with tempfile.TemporaryDirectory() as folder:
+        local = [Path(folder) / f.name for f in files]
+        for source, target in zip(files, local):
+            target.write_bytes(source.read_bytes())
+
+        def from_files():
+            writer = MemoryWriter()
+            run(model, processor, local, writer, DEFAULT_QUERY, batch_size=batch_size, progress=False, **kwargs)
+            return writer
+
+        from_files()  # warm-up
+        file_seconds, writer = _timed(from_files, repeats)
+    arrays = [read_audio(f) for f in files]
+    pipe = NatureLMPipeline(model=model, processor=processor, task=TASK, device=model.device)
+    memory_seconds, outputs = _timed(
+        lambda: pipe(arrays, sampling_rate=16000, query=DEFAULT_QUERY, batch_size=batch_size, **kwargs), repeats)
+    audio_seconds = sum(len(a) for a in arrays) / 16000
+    same = [writer.results[str(f)][0] for f in local] == [o["windows"] for o in outputs]
+    return {
+        "size": "e2e", "model": "mid", "batch_size": batch_size, "num_beams": num_beams, "dtype": dtype,
+        "device": device, "files": len(files), "audio_seconds": audio_seconds,
+        "audio_s_per_s": audio_seconds / file_seconds, "in_memory_audio_s_per_s": audio_seconds / memory_seconds,
+        "ratio": memory_seconds / file_seconds, "same_rows": same, "peak_rss_gb": _peak_rss_gb(), **info,
+    }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("sizes", nargs="*", default=["tiny", "mid", "full"])
+    parser.add_argument("sizes", nargs="*", default=["tiny", "mid", "full", "e2e"])
     parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--full-batch", type=int, default=4, help="windows per batch at full size")
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="fp32")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per configuration (median reported)")
-    parser.add_argument("--one", help=argparse.SUPPRESS)  # internal: run one configuration, print JSON
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--one", help="run one configuration SIZE,BATCH,BEAMS and print it as one JSON line")
     args = parser.parse_args()
     if args.one:
         size, batch, beams = args.one.split(",")
-        result = run_full() if size == "full" else run_config(size, int(batch), int(beams), args.dtype, args.repeats)
+        if size == "e2e":
+            result = run_end_to_end(int(batch), int(beams), args.dtype, args.repeats, args.device)
+        else:
+            result = run_config(size, int(batch), int(beams), args.dtype, args.repeats, args.device)
         print(json.dumps(result))
         return
 
     def one(size: str, batch: int, beams: int) -> dict:
-        output = subprocess.run([sys.executable, __file__, "--one", f"{size},{batch},{beams}", "--dtype", args.dtype,
-                                 "--repeats", str(args.repeats)], capture_output=True, text=True, check=True)
-        return json.loads(output.stdout.strip().splitlines()[-1])
+        command = [sys.executable, __file__, "--one", f"{size},{batch},{beams}", "--dtype", args.dtype,
+                   "--repeats", str(args.repeats), "--device", args.device]
+        return json.loads(subprocess.run(command, capture_output=True, text=True, check=True).stdout.splitlines()[-1])
 
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, dtype {args.dtype}")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, dtype {args.dtype}, device {args.device}")
     for size in args.sizes:
-        if size == "full":
-            r = one("full", 1, 1)
-            print(f"full   1 window, bf16 LLM, {'fp32' if r['fp32_audio_encoder'] else 'bf16'} audio encoder: "
-                  f"{r['seconds_per_window']:.1f} s/window, peak RSS {r['peak_rss_gb']:.1f} GB "
-                  f"(built in {r['build_seconds']:.1f} s)")
+        if size == "e2e":
+            for beams in (1, 2):
+                r = one("e2e", args.batch_size, beams)
+                print(f"e2e (mid, {r['files']} mp3 files) beams={beams}: {r['audio_s_per_s']:.1f} audio-s/s from "
+                      f"files, {r['in_memory_audio_s_per_s']:.1f} in memory ({r['ratio']:.2f}x) | same rows: "
+                      f"{r['same_rows']}")
             continue
+        batch = args.full_batch if size == "full" else args.batch_size
         for beams in (1, 2):
-            batched, single = one(size, args.batch_size, beams), one(size, 1, beams)
-            same = batched["texts"] == single["texts"]
-            print(f"{size:5s} beams={beams} batch={args.batch_size:3d}: {batched['audio_s_per_s']:7.1f} audio-s/s, "
-                  f"peak {batched['peak_rss_gb']:.2f} GB | batch=1: {single['audio_s_per_s']:7.1f} audio-s/s, "
-                  f"peak {single['peak_rss_gb']:.2f} GB | ratio {batched['audio_s_per_s'] / single['audio_s_per_s']:.1f}x"
+            batched, single = one(size, batch, beams), one(size, 1, beams)
+            same = batched["texts"] == single["texts"][: len(batched["texts"])] if size == "full" else \
+                batched["texts"] == single["texts"]
+            print(f"{size:5s} beams={beams} batch={batch:3d}: {batched['audio_s_per_s']:7.2f} audio-s/s "
+                  f"({batched['seconds_per_window']:.2f} s/window), peak {batched['peak_rss_gb']:.2f} GB | batch=1: "
+                  f"{single['audio_s_per_s']:7.2f} audio-s/s ({single['seconds_per_window']:.2f} s/window), peak "
+                  f"{single['peak_rss_gb']:.2f} GB | ratio {batched['audio_s_per_s'] / single['audio_s_per_s']:.1f}x"
                   f" | batched == unbatched: {same}")
 
 

@@ -3,16 +3,16 @@
 from transformers import AutoConfig, AutoFeatureExtractor, AutoModel, AutoProcessor
 from transformers.pipelines import PIPELINE_REGISTRY
 
-from .configuration_naturelm import NatureLMBeatsConfig, NatureLMConfig
-from .feature_extraction_naturelm import NatureLMFeatureExtractor
-from .modeling_naturelm import (
+from configuration_naturelm import NatureLMBeatsConfig, NatureLMConfig
+from feature_extraction_naturelm import NatureLMFeatureExtractor
+from modeling_naturelm import (
     NatureLMBeatsModel,
     NatureLMForConditionalGeneration,
     NatureLMModel,
     NatureLMPreTrainedModel,
 )
-from .pipeline_naturelm import TASK, NatureLMPipeline
-from .processing_naturelm import NatureLMProcessor
+from pipeline_naturelm import TASK, NatureLMPipeline
+from processing_naturelm import NatureLMProcessor
 
 # With the package imported, the Auto classes resolve NatureLM folders to this code (no trust_remote_code needed).
 AutoConfig.register(NatureLMConfig.model_type, NatureLMConfig)

@@ -5,14 +5,14 @@ import argparse
 import sys
 from pathlib import Path
 
-from .audio import find_audio_files
+from audio_naturelm import find_audio_files
 from .convert import DTYPES, ConversionError, convert
 from .embed import embed_files, write_embeddings
 from .evaluation.commands import add_evaluate_parser
 from .evaluation.errors import EvaluationError
 from .infer import FORMATS, ResultWriter, run
 from .loading import RELEASED_BASE_MODEL, RELEASED_MODEL, WeightsUnavailableError, load_for_inference
-from .pipeline_naturelm import DEFAULT_QUERY
+from pipeline_naturelm import DEFAULT_QUERY
 
 
 def _convert(args: argparse.Namespace) -> int:

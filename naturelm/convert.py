@@ -18,11 +18,11 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 from transformers import AutoTokenizer, Blip2QFormerConfig, GenerationConfig, LlamaConfig
 
-from .configuration_naturelm import NatureLMConfig
-from .feature_extraction_naturelm import NatureLMFeatureExtractor
-from .modeling_naturelm import NatureLMForConditionalGeneration
-from .pipeline_naturelm import TASK, NatureLMPipeline
-from .processing_naturelm import NatureLMProcessor
+from configuration_naturelm import NatureLMConfig
+from feature_extraction_naturelm import NatureLMFeatureExtractor
+from modeling_naturelm import NatureLMForConditionalGeneration
+from pipeline_naturelm import TASK, NatureLMPipeline
+from processing_naturelm import NatureLMProcessor
 
 PAD_TOKEN = "[PAD]"
 LLAMA3_END_TOKENS = ("<|end_of_text|>", "<|eom_id|>", "<|eot_id|>")
@@ -79,6 +79,8 @@ _RENAMES = [
 ]
 _RENAMES = [(re.compile(pattern), target) for pattern, target in _RENAMES]
 _LORA_TARGET = r".*language_model.*\.({})"
+# The original's LoRA targets: every attention projection of the language model.
+LORA_TARGET_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj")
 
 
 class ConversionError(ValueError):
@@ -127,9 +129,6 @@ def build_config(
         window_seconds=original_config["second_per_window"],
         window_stride_seconds=original_config["second_stride"],
         num_query_tokens=original_config["num_audio_query_token"],
-        lora_rank=original_config["lora_rank"] if original_config.get("lora", True) else 0,
-        lora_alpha=original_config["lora_alpha"],
-        lora_dropout=original_config["lora_dropout"],
         merging_alpha=merging_alpha,
     )
 
@@ -191,13 +190,30 @@ def _match_state_dict(model: torch.nn.Module, state_dict: dict[str, torch.Tensor
     return state_dict
 
 
-def lora_config_for(config: NatureLMConfig) -> LoraConfig:
-    """The peft adapter of NatureLM: LoRA on the language model's attention only (BEATs also has q/k/v_proj)."""
-    return LoraConfig(
-        r=config.lora_rank,
-        lora_alpha=config.lora_alpha,
-        lora_dropout=config.lora_dropout,
-        target_modules=_LORA_TARGET.format("|".join(config.lora_target_modules)),
+def language_model_targets(names: str | list[str] | tuple[str, ...]) -> str:
+    """A regular expression matching the modules called `names` (e.g. `q_proj`) inside the language model only:
+    BEATs has `q_proj`s too."""
+    names = [names] if isinstance(names, str) else list(names)
+    return _LORA_TARGET.format("|".join(map(re.escape, names)))
+
+
+def naturelm_lora_config(
+    r: int, lora_alpha: float, lora_dropout: float = 0.0, target_modules: str | list[str] = LORA_TARGET_MODULES
+) -> LoraConfig:
+    """The peft adapter of NatureLM, the one place its rank and alpha live: LoRA on the language model's attention
+    (module names are restricted to the language model; a regular expression string is used as given)."""
+    if not isinstance(target_modules, str):
+        target_modules = language_model_targets(target_modules)
+    return LoraConfig(r=r, lora_alpha=lora_alpha, lora_dropout=lora_dropout, target_modules=target_modules)
+
+
+def lora_config_from_original(original_config: dict) -> LoraConfig | None:
+    """The adapter an original checkpoint describes (`lora`, `lora_rank`, `lora_alpha`, `lora_dropout` of its
+    config.json), or None when it was trained without one."""
+    if not original_config.get("lora", True) or not original_config.get("lora_rank"):
+        return None
+    return naturelm_lora_config(
+        original_config["lora_rank"], original_config["lora_alpha"], original_config.get("lora_dropout", 0.0)
     )
 
 
@@ -236,11 +252,12 @@ def from_original(
     base_lm = None if full_layout else _load_base_lm(base_model)
     state_dict = {k: v.to(dtype) if v.is_floating_point() else v for k, v in convert_state_dict(original, base_lm).items()}
 
+    adapter = lora_config_from_original(original_config)
+    lora = adapter is not None
     with init_empty_weights():
         model = NatureLMForConditionalGeneration(config)
-        lora = config.lora_rank > 0
         if lora:
-            model.add_adapter(lora_config_for(config))
+            model.add_adapter(adapter)
     model.load_state_dict(_match_state_dict(model, state_dict, lora), strict=True, assign=True)
     model.to(dtype).eval()
     if lora and merging_alpha != 1.0:
@@ -276,13 +293,7 @@ def finish_model(
     config = model.config
     config.text_config.pad_token_id = tokenizer.pad_token_id
     model.generation_config = naturelm_generation_config(tokenizer, generation)
-    return NatureLMProcessor(
-        NatureLMFeatureExtractor(),
-        tokenizer,
-        window_tokens=config.window_tokens,
-        window_stride_tokens=config.window_stride_tokens,
-        num_query_tokens=config.num_query_tokens,
-    )
+    return NatureLMProcessor(NatureLMFeatureExtractor(), tokenizer, **NatureLMProcessor.windowing_from_config(config))
 
 
 def convert(

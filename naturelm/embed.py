@@ -4,8 +4,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .audio import AudioError, stream_windows
-from .pipeline_naturelm import AudioWindow, embed_windows
+from pipeline_naturelm import Recording, embedding_task, run_recordings
 
 
 def embed_files(model, processor, files: list[Path], window_seconds: float = 10.0, hop_seconds: float | None = None,
@@ -13,30 +12,13 @@ def embed_files(model, processor, files: list[Path], window_seconds: float = 10.
     """A column table, one row per window (and one row with `error` set per bad file): `file`, `start`, `end`,
     `llm_embedding` (mean of the window's LLM-space audio tokens), `beats_embedding` (mean BEATs feature)."""
     table = {key: [] for key in ("file", "start", "end", "llm_embedding", "beats_embedding", "error")}
-    batch: list[tuple[Path, AudioWindow]] = []
-
-    def flush() -> None:
-        if batch:
-            llm, beats = embed_windows(model, processor, [w for _, w in batch])
-            for (path, window), llm_row, beats_row in zip(batch, llm, beats):
-                _append(table, str(path), window.start, window.end, llm_row, beats_row, None)
-            batch.clear()
-
-    for path in files:
-        try:
-            for start, end, samples in stream_windows(path, window_seconds, hop_seconds or window_seconds):
-                batch.append((path, AudioWindow(0, start, end, samples, "")))
-                if len(batch) >= batch_size:
-                    flush()
-        except AudioError as error:
-            _append(table, str(path), None, None, None, None, str(error))
-    flush()
+    recordings = (Recording.from_file(path, window_seconds, hop_seconds) for path in files)
+    for result in run_recordings(model, processor, recordings, embedding_task(), batch_size):
+        cells = [(r["start"], r["end"], r["llm_embedding"], r["beats_embedding"], None) for r in result.rows]
+        for start, end, llm, beats, error in cells or [(None, None, None, None, result.error)]:
+            for key, value in zip(table, (result.key, start, end, llm, beats, error)):
+                table[key].append(value)
     return table
-
-
-def _append(table: dict, file: str, start, end, llm, beats, error) -> None:
-    for key, value in zip(table, (file, start, end, llm, beats, error)):
-        table[key].append(value)
 
 
 def write_embeddings(table: dict[str, list], output: Path) -> None:

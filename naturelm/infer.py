@@ -7,32 +7,18 @@ import json
 import os
 import sys
 import time
-from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from .audio import AudioError, audio_info, stream_windows
-from .pipeline_naturelm import AudioWindow, build_prompt, generate_answers, rank_labels, score_candidate_labels
+from audio_naturelm import AudioError, audio_info
+from pipeline_naturelm import Recording, build_prompt, generation_task, label_task, run_recordings
 
 FORMATS = ("jsonl", "csv", "raven")
 RAVEN_COLUMNS = ["Selection", "View", "Channel", "Begin Time (s)", "End Time (s)", "Low Freq (Hz)",
                  "High Freq (Hz)", "Begin File", "answer"]
 CSV_COLUMNS = ["file", "start", "end", "answer", "probabilities", "error"]
-
-
-@dataclass
-class _File:
-    path: Path
-    rows: dict = field(default_factory=dict)  # window index -> result
-    windows: int = 0
-    done_reading: bool = False
-    error: str | None = None
-
-    @property
-    def finished(self) -> bool:
-        return self.done_reading and (self.error is not None or len(self.rows) == self.windows)
 
 
 @dataclass
@@ -183,67 +169,23 @@ def run(
     progress: bool = True,
     **generate_kwargs,
 ) -> Summary:
-    """Runs every window of every file, `batch_size` windows at a time across file boundaries, and writes each
-    file's rows once all its windows are answered (in order), or a failed row when the file is bad."""
-    hop_seconds = hop_seconds or window_seconds
+    """Runs every window of every file through the engine (`run_recordings`: read ahead in the background, batched
+    across files) and writes each file's rows once all its windows are answered (in order), or a failed row when the
+    file is bad."""
     prompt = build_prompt(processor, query)
+    task = label_task(labels) if labels else generation_task(**generate_kwargs)
     todo = [f for f in files if str(f) not in writer.done]
     summary, started = Summary(), time.perf_counter()
-    total = sum(_duration(f) for f in todo)
-    bar = tqdm(total=round(total, 1), unit="audio-s", disable=not progress, file=sys.stderr)
-    queue: deque[_File] = deque()
-    pending: list[tuple[_File, int, AudioWindow]] = []
-
-    def run_batch() -> None:
-        if not pending:
-            return
-        windows = [w for _, _, w in pending]
-        if labels:
-            probabilities = score_candidate_labels(model, processor, windows, labels).cpu().tolist()
-            results = [rank_labels(labels, p) for p in probabilities]
-        else:
-            results = [{"text": t.strip()} for t in generate_answers(model, processor, windows, **generate_kwargs)]
-        for (state, index, window), result in zip(pending, results):
-            state.rows[index] = {"start": round(window.start, 6), "end": round(window.end, 6), **result}
-            bar.update(round(window.end - window.start, 1))
-        pending.clear()
-
-    def write_finished() -> None:
-        while queue and queue[0].finished:
-            state = queue.popleft()
-            rows = [state.rows[i] for i in range(state.windows)]
-            writer.write_file(state.path, rows, state.error)
-            summary.files += 1
-            summary.failed += state.error is not None
-            if state.error is None:
-                summary.windows += len(rows)
-                summary.audio_seconds += rows[-1]["end"] if rows else 0.0
-
-    for path in todo:
-        state = _File(path)
-        queue.append(state)
-        windows = stream_windows(path, window_seconds, hop_seconds)
-        while True:
-            try:
-                item = next(windows, None)
-            except AudioError as error:
-                state.error = str(error)
-                break
-            except Exception as error:  # whatever a broken file raises, it must not end the run
-                state.error = f"cannot be read ({type(error).__name__}: {error})"
-                break
-            if item is None:
-                break
-            start, end, samples = item
-            pending.append((state, state.windows, AudioWindow(0, start, end, samples, prompt)))
-            state.windows += 1
-            if len(pending) >= batch_size:
-                run_batch()
-                write_finished()
-        state.done_reading = True
-        write_finished()
-    run_batch()
-    write_finished()
+    bar = tqdm(total=round(sum(_duration(f) for f in todo), 1), unit="audio-s", disable=not progress, file=sys.stderr)
+    recordings = (Recording.from_file(path, window_seconds, hop_seconds, prompt) for path in todo)
+    on_batch = lambda windows: bar.update(round(sum(w.end - w.start for w in windows), 1))  # noqa: E731
+    for result in run_recordings(model, processor, recordings, task, batch_size, on_batch=on_batch):
+        writer.write_file(todo[result.index], result.rows, result.error)
+        summary.files += 1
+        summary.failed += result.error is not None
+        if result.error is None:
+            summary.windows += len(result.rows)
+            summary.audio_seconds += result.rows[-1]["end"]
     bar.close()
     summary.seconds = time.perf_counter() - started
     return summary

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import torch
 
-from .modeling_naturelm import NatureLMForConditionalGeneration
-from .processing_naturelm import NatureLMProcessor
+from modeling_naturelm import NatureLMForConditionalGeneration
+from processing_naturelm import NatureLMProcessor
 
 RELEASED_MODEL = "EarthSpeciesProject/NatureLM-audio"
 RELEASED_BASE_MODEL = "meta-llama/Llama-3.1-8B-Instruct"

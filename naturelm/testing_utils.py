@@ -7,10 +7,10 @@ import torch
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 from transformers.convert_slow_tokenizer import TikTokenConverter
 
-from .configuration_naturelm import NatureLMConfig
-from .convert import PAD_TOKEN, finish_model, lora_config_for
-from .modeling_naturelm import NatureLMForConditionalGeneration
-from .processing_naturelm import NatureLMProcessor
+from configuration_naturelm import NatureLMConfig
+from .convert import PAD_TOKEN, finish_model, naturelm_lora_config
+from modeling_naturelm import NatureLMForConditionalGeneration
+from processing_naturelm import NatureLMProcessor
 
 # Llama 3's pre-tokenisation pattern and its 256 special tokens (ids 128000-128255), as in Meta's reference tokenizer.
 _LLAMA3_PATTERN = (
@@ -66,22 +66,21 @@ def tiny_config(**overrides) -> NatureLMConfig:
         text_config=dict(
             hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2
         ),
-        lora_rank=8,
-        lora_alpha=16.0,
     )
     config.update(overrides)
     return NatureLMConfig(**config)
 
 
 def tiny_model_and_processor(
-    tokenizer_dir: str | Path | None = None, seed: int = 0, **overrides
+    tokenizer_dir: str | Path | None = None, seed: int = 0, lora_rank: int = 8, lora_alpha: float = 16.0, **overrides
 ) -> tuple[NatureLMForConditionalGeneration, NatureLMProcessor]:
-    """Random tiny model (LoRA adapter attached, with non-zero B so it matters) and its processor."""
+    """Random tiny model (a LoRA adapter of `lora_rank` and `lora_alpha` attached, with non-zero B so it matters; none
+    with `lora_rank=0`) and its processor. `overrides` are `NatureLMConfig` fields."""
     torch.manual_seed(seed)
     config = tiny_config(**overrides)
     model = NatureLMForConditionalGeneration(config)
-    if config.lora_rank > 0:
-        model.add_adapter(lora_config_for(config))
+    if lora_rank > 0:
+        model.add_adapter(naturelm_lora_config(lora_rank, lora_alpha))
         with torch.no_grad():
             for name, param in model.named_parameters():
                 if "lora_B" in name:

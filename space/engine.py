@@ -18,13 +18,13 @@ import numpy as np
 import pandas as pd
 import torch
 
-from naturelm.audio import AudioError, audio_info, stream_windows
+from audio_naturelm import AudioError, audio_info, read_audio, stream_windows, window_starts
 from naturelm.convert import DTYPES, ORIGINAL_DECODING
 from naturelm.infer import MemoryWriter, format_table, run
 from naturelm.loading import RELEASED_BASE_MODEL, RELEASED_MODEL, WeightsUnavailableError, load_model
-from naturelm.pipeline_naturelm import DEFAULT_QUERY, AudioWindow, generate_answers, window_starts
+from pipeline_naturelm import DEFAULT_QUERY, Recording, generation_task, run_recordings
 from naturelm.plotting import figure_png, plot_windows, window_label
-from naturelm.processing_naturelm import audio_instruction
+from processing_naturelm import audio_instruction
 
 try:  # Hugging Face's ZeroGPU helper; absent (or inactive) anywhere else
     import spaces
@@ -242,12 +242,13 @@ def _window_seconds(path, query, labels, window, hop, *args, **kwargs) -> int:
 def answer_clip(clip: np.ndarray, messages: list[dict], alpha: float, max_new_tokens: int) -> str:
     """The model's next answer in a conversation about one clip (16 kHz mono)."""
     model, processor = MODEL.get()
-    with MODEL.lock, torch.inference_mode():
+    with MODEL.lock:
         model.set_merging_alpha(alpha)
         prompt = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-        window = AudioWindow(0, 0.0, len(clip) / SAMPLING_RATE, clip, prompt)
-        answer = generate_answers(model, processor, [window], max_new_tokens=int(max_new_tokens))[0]
-    return answer.strip()
+        recording = Recording.from_array("chat", clip, CLIP_SECONDS, prompt=prompt)
+        task = generation_task(max_new_tokens=int(max_new_tokens))
+        (result,) = run_recordings(model, processor, [recording], task, batch_size=1)
+    return result.rows[0]["text"]
 
 
 @gpu(duration=_window_seconds)
@@ -346,7 +347,7 @@ def long_recording(audio: str | None, query: str | None, window: float, hop: flo
     raven, table, picture = (_output_file(audio, suffix) for suffix in (".selections.txt", ".csv", ".png"))
     raven.write_text(format_table(Path(name), rows, "raven"))
     table.write_text(format_table(Path(name), rows, "csv"))
-    clip = np.concatenate([samples for _, _, samples in stream_windows(Path(audio), 60.0, 60.0)])
+    clip = read_audio(Path(audio))
     figure_png(plot_windows(clip, SAMPLING_RATE, rows, title=f"{name} — {query}"), picture)
     frame = pd.DataFrame({"start (s)": [r["start"] for r in rows], "end (s)": [r["end"] for r in rows],
                           "answer": [window_label(r) for r in rows]})

@@ -18,8 +18,8 @@ import torchaudio
 import torchaudio.compliance.kaldi as ta_kaldi
 from safetensors.torch import load_file
 
-import naturelm.feature_extraction_naturelm as module
-from naturelm.feature_extraction_naturelm import NatureLMFeatureExtractor, resample
+import feature_extraction_naturelm as module
+from feature_extraction_naturelm import NatureLMFeatureExtractor, resample
 
 
 REPO = Path(__file__).resolve().parents[1]

@@ -8,13 +8,7 @@ from transformers import LogitsProcessorList, MinLengthLogitsProcessor, MinNewTo
 
 from naturelm import NatureLMPipeline
 from naturelm.convert import convert, from_original
-from naturelm.pipeline_naturelm import (
-    DEFAULT_QUERY,
-    TASK,
-    MinNewTokensInPlaceLogitsProcessor,
-    build_prompt,
-    window_starts,
-)
+from pipeline_naturelm import DEFAULT_QUERY, TASK, MinNewTokensInPlaceLogitsProcessor, build_prompt
 from naturelm.testing_utils import tiny_model_and_processor
 
 
@@ -118,15 +112,6 @@ def test_min_new_tokens_processor_matches_transformers(eos_token_id):
         expected = theirs(input_ids, scores.clone())
         assert torch.equal(ours(input_ids, scores.clone()), expected)
         assert torch.isinf(expected[:, eos_token_id]).all() == (length < prompt_length + min_new_tokens)
-
-
-def test_window_starts_keep_the_tail():
-    assert window_starts(25, 10, 10) == [0, 10, 20]
-    assert window_starts(20, 10, 10) == [0, 10]
-    assert window_starts(5, 10, 10) == [0]
-    assert window_starts(23, 10, 5) == [0, 5, 10, 15]
-    assert window_starts(23, 4, 10) == [0, 10, 20]  # hop longer than the window: gaps, nothing past the end
-    assert window_starts(20, 4, 10) == [0, 10]
 
 
 def test_transformers_pipeline_factory_loads_the_remote_code(parity_dir, tmp_path, long_recording):

@@ -118,3 +118,106 @@ def test_save_and_load_keeps_settings(processor, tmp_path):
     assert loaded.audio_token_id == processor.audio_token_id
     assert loaded.chat_template == processor.chat_template
     assert len(loaded.tokenizer) == len(processor.tokenizer)
+
+
+# Contract checks transformers runs for every processor --------------------------------------------------------------
+
+
+@pytest.mark.parametrize("return_tensors, kind", [("pt", torch.Tensor), ("np", np.ndarray), (None, list)])
+def test_return_tensors(processor, return_tensors, kind):
+    batch = processor(text=["<AudioHere> a", "<AudioHere> b c d"], audio=[CLIP, CLIP], sampling_rate=16000,
+                      answers=["x", "y"], return_tensors=return_tensors)
+    assert isinstance(batch["input_ids"], kind) and isinstance(batch["labels"], kind)
+    assert isinstance(batch["attention_mask"], kind)
+    default = processor(text=["<AudioHere> a", "<AudioHere> b c d"], audio=[CLIP, CLIP], sampling_rate=16000,
+                        answers=["x", "y"])
+    assert np.array_equal(np.asarray(batch["input_ids"]), default["input_ids"].numpy())
+    assert np.array_equal(np.asarray(batch["labels"]), default["labels"].numpy())
+
+
+def test_common_padding_kwargs(processor):
+    prompts = [_prompt(processor, "Hi"), _prompt(processor, "A longer question about it?")]
+    longest = processor(text=prompts, audio=[CLIP, CLIP], sampling_rate=16000)
+    width = longest["input_ids"].shape[1]
+    fixed = processor(text=prompts, audio=[CLIP, CLIP], sampling_rate=16000, padding="max_length",
+                      max_length=width + 5)
+    assert fixed["input_ids"].shape[1] == width + 5
+    assert torch.equal(fixed["input_ids"][:, 5:], longest["input_ids"])  # left padding by default
+    assert (fixed["input_ids"][:, :5] == processor.tokenizer.pad_token_id).all() and not fixed["attention_mask"][:, :5].any()
+    multiple = processor(text=prompts, audio=[CLIP, CLIP], sampling_rate=16000, pad_to_multiple_of=64)
+    assert multiple["input_ids"].shape[1] % 64 == 0
+    # grouped as transformers' processors accept them, and padding_side beside them
+    grouped = processor(text=prompts, audio=[CLIP, CLIP], text_kwargs={"padding_side": "right"},
+                        audio_kwargs={"sampling_rate": 16000})
+    assert grouped["attention_mask"][:, 0].all() and not grouped["attention_mask"][0, -1]
+    assert torch.equal(grouped["input_features"], longest["input_features"])
+    with pytest.raises(ValueError, match="does not truncate"):
+        processor(text=prompts, audio=[CLIP, CLIP], sampling_rate=16000, truncation=True, max_length=8)
+
+
+def test_labels_follow_an_explicit_padding_side(processor):
+    prompts = [_prompt(processor, "Which species?"), _prompt(processor, "Caption the audio, please, in detail.")]
+    answers = ["Green Treefrog", "Birds sing."]
+    right = processor(text=prompts, audio=[CLIP, CLIP], sampling_rate=16000, answers=answers)
+    left = processor(text=prompts, audio=[CLIP, CLIP], sampling_rate=16000, answers=answers, padding_side="left")
+    assert left["attention_mask"][:, -1].all() and not right["attention_mask"][:, -1].all()
+    for row in range(2):
+        keep_left, keep_right = left["attention_mask"][row].bool(), right["attention_mask"][row].bool()
+        assert torch.equal(left["input_ids"][row][keep_left], right["input_ids"][row][keep_right])
+        assert torch.equal(left["labels"][row][keep_left], right["labels"][row][keep_right])
+        assert (left["labels"][row][~keep_left] == -100).all()
+
+
+def test_chat_template_with_tokenize_loads_the_audio_of_the_messages(processor, audio_dir):
+    from feature_extraction_naturelm import load_audio_file
+
+    path = sorted(p for p in audio_dir.iterdir() if p.suffix in (".wav", ".mp3", ".flac"))[0]
+    query = "Which species?"
+    messages = [{"role": "user", "content": [{"type": "audio", "path": str(path)}, {"type": "text", "text": query}]}]
+    out = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=True,
+                                        return_tensors="pt")
+    rate = processor.feature_extractor.sampling_rate
+    expected = processor(text=_prompt(processor, query), audio=load_audio_file(path, rate), sampling_rate=rate)
+    assert out.keys() == expected.keys() == {"input_ids", "attention_mask", "input_features"}
+    for key in expected:
+        assert torch.equal(out[key], expected[key]), key
+    ids = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_tensors="pt")
+    assert torch.equal(ids, expected["input_ids"])  # return_dict=False: the token ids only
+
+    # an array with its rate, in the block or given to apply_chat_template
+    clip_44k = np.random.default_rng(1).uniform(-0.5, 0.5, 44100).astype(np.float32)
+    expected = processor(text=_prompt(processor, query), audio=clip_44k, sampling_rate=44100)
+    in_block = [{"role": "user", "content": [{"type": "audio", "audio": clip_44k, "sampling_rate": 44100},
+                                             {"type": "text", "text": query}]}]
+    as_kwarg = [{"role": "user", "content": [{"type": "audio", "audio": clip_44k}, {"type": "text", "text": query}]}]
+    for messages, kwargs in ((in_block, {}), (as_kwarg, {"processor_kwargs": {"sampling_rate": 44100}})):
+        out = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=True,
+                                            **kwargs)
+        assert torch.equal(out["input_ids"], expected["input_ids"])
+        assert torch.allclose(out["input_features"], expected["input_features"], atol=1e-5)
+    with pytest.raises(ValueError, match="sampling_rate"):
+        processor.apply_chat_template(as_kwarg, add_generation_prompt=True, tokenize=True, return_dict=True)
+
+
+def test_chat_template_places_audio_by_the_audio_instruction_rule(processor):
+    from processing_naturelm import AUDIO_PLACEHOLDER, AUDIO_SPAN, audio_instruction
+
+    for query in ("Caption the audio.", f"Listen: {AUDIO_SPAN} Which species?", f"{AUDIO_PLACEHOLDER} then?"):
+        as_parts = processor.apply_chat_template(
+            [{"role": "user", "content": [{"type": "audio"}, {"type": "text", "text": query}]}],
+            add_generation_prompt=True, tokenize=False,
+        )
+        as_string = processor.apply_chat_template(
+            [{"role": "user", "content": audio_instruction(query)}], add_generation_prompt=True, tokenize=False
+        )
+        if AUDIO_PLACEHOLDER in query:  # kept where it stands, nothing put in front
+            assert audio_instruction(query) == query.strip() and as_string.count(AUDIO_PLACEHOLDER) == 1
+        else:
+            assert as_parts == as_string and audio_instruction(query) == f"{AUDIO_SPAN} {query}"
+    assert AUDIO_SPAN in processor.chat_template and processor.audio_placeholder == AUDIO_PLACEHOLDER
+
+
+def test_chat_template_ships_as_jinja(processor, tmp_path):
+    processor.save_pretrained(tmp_path)
+    assert (tmp_path / "chat_template.jinja").read_text() == processor.chat_template
+    assert NatureLMProcessor.from_pretrained(tmp_path).chat_template == processor.chat_template

@@ -3,7 +3,7 @@ evaluation. Taken from the official `beans-zero` dataset config (v1.0.0)."""
 
 from dataclasses import dataclass
 
-from ..processing_naturelm import audio_instruction
+from processing_naturelm import AUDIO_SPAN, audio_instruction
 
 TASKS = ("classification", "detection", "captioning")
 
@@ -13,7 +13,7 @@ DEFAULT_CLIP_SECONDS = 10.0
 
 # For detection components with many labels the original evaluation replaced the dataset's instruction (which lists
 # the labels) by this generic question: more than `GENERIC_DETECTION_PROMPT_THRESHOLD` labels, "None" included.
-GENERIC_DETECTION_PROMPT = "<Audio><AudioHere></Audio> What are the common names for the species in the audio, if any?"
+GENERIC_DETECTION_PROMPT = f"{AUDIO_SPAN} What are the common names for the species in the audio, if any?"
 GENERIC_DETECTION_PROMPT_THRESHOLD = 8
 NO_DETECTION = "None"
 

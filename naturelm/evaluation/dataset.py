@@ -14,6 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
+from processing_naturelm import AUDIO_PLACEHOLDER
+
 from .components import COMPONENTS, BeansZeroComponent, get_component, instruction_for
 from .errors import EvaluationError
 from .predictions import BadRow
@@ -181,8 +183,8 @@ def parse_row(row: dict) -> BeansZeroExample | BadRow:
         return bad("audio has NaN or infinite samples")
     component = COMPONENTS[name]
     instruction = instruction_for(component, row["instruction"])
-    if instruction.count("<AudioHere>") != 1:
-        return bad(f"instruction has {instruction.count('<AudioHere>')} audio placeholders, expected 1")
+    if instruction.count(AUDIO_PLACEHOLDER) != 1:
+        return bad(f"instruction has {instruction.count(AUDIO_PLACEHOLDER)} audio placeholders, expected 1")
     return BeansZeroExample(row_id, component, instruction, row["output"], audio, sampling_rate)
 
 

@@ -1,15 +1,15 @@
-"""The one place where the model runs during an evaluation: BEANS-Zero rows through the inference pipeline's batched
-generation (each clip already cut or padded to its component's length by the caller's processor)."""
+"""The one place where the model runs during an evaluation: BEANS-Zero rows through the inference engine
+(`run_recordings`), each clip already cut or padded to its component's length by the caller's processor."""
 
 from collections.abc import Sequence
 
 import numpy as np
-import torch
 
-from ..modeling_naturelm import NatureLMForConditionalGeneration
-from ..pipeline_naturelm import AudioWindow, to_mono_16k
-from ..pipeline_naturelm import generate_answers as pipeline_generate
-from ..processing_naturelm import NatureLMProcessor
+from audio_naturelm import to_mono
+from modeling_naturelm import NatureLMForConditionalGeneration
+from pipeline_naturelm import Recording, generation_task, run_recordings
+from processing_naturelm import NatureLMProcessor
+
 
 def generate_answers(
     model: NatureLMForConditionalGeneration,
@@ -40,13 +40,17 @@ def generate_answers(
     if len(prompts) != len(clips):
         raise ValueError(f"Got {len(prompts)} prompts but {len(clips)} clips.")
     rate = processor.feature_extractor.sampling_rate
-    windows = [AudioWindow(0, 0.0, 0.0, to_mono_16k(clip, sampling_rate, rate), prompt)
-               for prompt, clip in zip(prompts, clips)]
-    answers: list[str] = []
-    with torch.inference_mode():
-        for start in range(0, len(windows), batch_size):
-            answers += pipeline_generate(model, processor, windows[start : start + batch_size], **generate_kwargs)
-    return answers
+    recordings = []
+    for index, (prompt, clip) in enumerate(zip(prompts, clips)):
+        samples = to_mono(clip, sampling_rate, rate, name=f"clip {index}")
+        # one window per clip: the processor cuts or pads it to the component's length
+        recordings.append(Recording(f"clip {index}", lambda s=samples: [(0.0, len(s) / rate, s)], prompt))
+    task = generation_task(strip=False, **generate_kwargs)
+    results = list(run_recordings(model, processor, recordings, task, batch_size))
+    for result in results:
+        if result.error is not None:
+            raise ValueError(f"{result.key} {result.error}.")
+    return [result.rows[0]["text"] for result in results]
 
 
 __all__ = ["generate_answers"]

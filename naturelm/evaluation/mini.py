@@ -15,6 +15,8 @@ import numpy as np
 import soundfile
 import soxr
 
+from processing_naturelm import AUDIO_SPAN
+
 from .components import COMPONENTS
 
 # Component -> (sampling rate of its rows, instruction text, source dataset, license).
@@ -50,7 +52,6 @@ _ROWS = (
     ("zf-indiv", "yell-YELLWolfvCar20160111T22ms2.mp3", 5.0, 15.0, "More"),
 )
 
-AUDIO_PLACEHOLDER = "<Audio><AudioHere></Audio> "
 
 
 def mini_beans_zero_features():
@@ -109,7 +110,7 @@ def build_mini_beans_zero(audio_dir: str | os.PathLike):
             "created_at": "2025-03-13T17:58:52.628742+00:00",
             "metadata": json.dumps({"sample_rate": sampling_rate, "duration": round(audio.size / sampling_rate, 6)}),
             "file_name": file_name,
-            "instruction": AUDIO_PLACEHOLDER + question,
+            "instruction": f"{AUDIO_SPAN} {question}",
             "instruction_text": question,
             "output": output,
             "task": COMPONENTS[component].task,

@@ -11,11 +11,10 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
 
-from ..feature_extraction_naturelm import resample
-from ..modeling_naturelm import NatureLMForConditionalGeneration
-from ..processing_naturelm import NatureLMProcessor
+from audio_naturelm import to_mono
+from modeling_naturelm import NatureLMForConditionalGeneration
+from processing_naturelm import NatureLMProcessor
 from .dataset import BeansZeroExample, parse_row
 from .errors import EvaluationError
 from .generation import generate_answers
@@ -110,8 +109,7 @@ def run_beans_zero(
             clip_processor = processors[seconds]
             extractor = clip_processor.feature_extractor
             clips = [
-                resample(torch.from_numpy(e.audio), e.sampling_rate, extractor.sampling_rate, extractor.num_samples)
-                .numpy()
+                to_mono(e.audio, e.sampling_rate, extractor.sampling_rate, name=f"row {e.id}")[: extractor.num_samples]
                 for e in examples
             ]
             prompts = [render_prompt(clip_processor, e.instruction) for e in examples]

@@ -5,7 +5,7 @@ from dataclasses import dataclass
 import torch
 from transformers.feature_extraction_utils import BatchFeature
 
-from ..processing_naturelm import NatureLMProcessor
+from processing_naturelm import NatureLMProcessor
 from .audio import SAMPLING_RATE
 from .transform import SKIP_REASONS
 

@@ -19,11 +19,11 @@ from transformers import AutoModelForCausalLM, GenerationConfig
 from transformers.integrations import deepspeed as hf_deepspeed
 from trl import ModelConfig, get_peft_config
 
-from ..configuration_naturelm import NatureLMConfig
-from ..convert import _LORA_TARGET, convert_state_dict, finish_model, load_tokenizer
+from configuration_naturelm import NatureLMConfig
+from ..convert import LORA_TARGET_MODULES, convert_state_dict, finish_model, language_model_targets, load_tokenizer
 from ..loading import load_model
-from ..modeling_naturelm import NatureLMBeatsModel, NatureLMForConditionalGeneration, NatureLMWindowQFormerProjector
-from ..processing_naturelm import NatureLMProcessor
+from modeling_naturelm import NatureLMBeatsModel, NatureLMForConditionalGeneration, NatureLMWindowQFormerProjector
+from processing_naturelm import NatureLMProcessor
 from .arguments import NatureLMArguments
 
 logger = logging.getLogger(__name__)
@@ -122,17 +122,16 @@ def build_model_from_parts(
     return model, finish_model(model, tokenizer, language_model.generation_config or GenerationConfig())
 
 
-def lora_config_from_args(model_args: ModelConfig, config: NatureLMConfig) -> LoraConfig:
-    """TRL's LoRA settings, with the targets restricted to the language model: module names (`q_proj`, ...) become
-    a regular expression over `language_model` (BEATs has `q_proj`s too); a regular expression is used as given."""
+def lora_config_from_args(model_args: ModelConfig) -> LoraConfig:
+    """TRL's LoRA settings, with the targets restricted to the language model: module names (`q_proj`, ...; the
+    original's four by default) become a regular expression over `language_model` (BEATs has `q_proj`s too); a
+    regular expression is used as given."""
     peft_config = get_peft_config(model_args)
-    targets = model_args.lora_target_modules or config.lora_target_modules
+    targets = model_args.lora_target_modules or LORA_TARGET_MODULES
     if isinstance(targets, str) and _REGEX_CHARACTERS.search(targets):
         peft_config.target_modules = targets
     else:
-        names = [targets] if isinstance(targets, str) else list(targets)
-        peft_config.target_modules = _LORA_TARGET.format("|".join(map(re.escape, names)))
-        config.lora_target_modules = names
+        peft_config.target_modules = language_model_targets(targets)
     peft_config.task_type = None  # attached through transformers' PEFT integration, not wrapped in a PeftModel
     return peft_config
 
@@ -164,11 +163,9 @@ def configure_trainable_parameters(
                 "to keep training it."
             )
         _set_lora_dropout(model, model_args.lora_dropout)
-        model.config.lora_dropout = model_args.lora_dropout
+        loaded.lora_dropout = model_args.lora_dropout  # saved with the adapter, whose config is the one record
     elif model_args.use_peft:
-        model.add_adapter(lora_config_from_args(model_args, model.config))
-        model.config.lora_rank, model.config.lora_alpha = model_args.lora_r, float(model_args.lora_alpha)
-        model.config.lora_dropout = model_args.lora_dropout
+        model.add_adapter(lora_config_from_args(model_args))
         has_adapter = True
 
     parts = {

@@ -19,7 +19,7 @@ from collections import defaultdict, deque
 
 import numpy as np
 
-from ..processing_naturelm import AUDIO_PLACEHOLDER, audio_instruction
+from processing_naturelm import AUDIO_PLACEHOLDER, audio_instruction
 from .audio import SAMPLING_RATE, AudioDecodeError, decode_audio
 from .augment import NONE_ANSWER, fit_length, matches, mix_at_snr, mixup, random_crop
 

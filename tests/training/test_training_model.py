@@ -78,7 +78,9 @@ def test_trainable_parts_follow_the_config(tokenizer_dir, flags, expected):
     if use_peft:  # on every attention projection of the language model, nowhere else (BEATs has q/k/v_proj too)
         assert len(lora_modules) == 4 * model.config.text_config.num_hidden_layers
         assert all(".language_model." in name for name in lora_modules)
-        assert (model.config.lora_rank, model.config.lora_alpha) == (4, 8.0)
+        adapter = model.peft_config["default"]  # the one record of the adapter's sizes
+        assert (adapter.r, adapter.lora_alpha) == (4, 8.0)
+        assert not hasattr(model.config, "lora_rank") and not hasattr(model.config, "lora_alpha")
     else:
         assert not lora_modules
 
@@ -97,13 +99,13 @@ def test_lora_targets_by_name_or_regular_expression(tokenizer_dir):
 
 def test_an_adapter_in_the_checkpoint_is_continued_with_matching_sizes(tokenizer_dir):
     model, _ = tiny_model_and_processor(tokenizer_dir)  # carries an r=8, alpha=16 adapter
-    rank, alpha = model.config.lora_rank, model.config.lora_alpha
+    rank, alpha = model.peft_config["default"].r, model.peft_config["default"].lora_alpha
     with pytest.raises(ValueError, match=rf"r={rank}, alpha={alpha:g}.*lora_r=4, lora_alpha=8"):
         configure_trainable_parameters(model, _args(), NatureLMArguments())
     configure_trainable_parameters(model, _args(lora_r=rank, lora_alpha=alpha, lora_dropout=0.25),
                                    NatureLMArguments())
     dropouts = [m.lora_dropout["default"] for m in model.modules() if hasattr(m, "lora_dropout")]
-    assert dropouts and all(d.p == 0.25 for d in dropouts) and model.config.lora_dropout == 0.25
+    assert dropouts and all(d.p == 0.25 for d in dropouts) and model.peft_config["default"].lora_dropout == 0.25
     frozen, _ = tiny_model_and_processor(tokenizer_dir)
     configure_trainable_parameters(frozen, _args(use_peft=False), NatureLMArguments())  # kept, but frozen
     assert frozen._hf_peft_config_loaded and _trainable(frozen) == {"audio_projector"}

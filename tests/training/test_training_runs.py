@@ -157,8 +157,8 @@ def test_stage1_then_stage2_from_the_recipes(parity_dir, beats_checkpoint, mixed
     assert len(stage1["batches"]) >= 2  # accelerate's loader reads one batch ahead of the training step
     assert {task for batch in stage1["tasks"] for task in batch} == {"common-name-classification"}
     recipe = yaml.safe_load((RECIPES / "stage1.yaml").read_text())
-    config = json.loads((tmp_path / "stage1" / "config.json").read_text())
-    assert (config["lora_rank"], config["lora_alpha"]) == (recipe["lora_r"], recipe["lora_alpha"])
+    adapter = json.loads((tmp_path / "stage1" / "adapter_config.json").read_text())
+    assert (adapter["r"], adapter["lora_alpha"]) == (recipe["lora_r"], recipe["lora_alpha"])
     assert (tmp_path / "stage1" / "adapter_model.safetensors").exists()
 
     stage2 = train_probe.run([

@@ -89,7 +89,9 @@ class NatureLMConfig(PreTrainedConfig):
     r"""
     Configuration of [`NatureLMForConditionalGeneration`]. Defaults are the released NatureLM-audio model:
     BEATs 12x768, a 2-layer Q-Former at 768 reading every 0.333 s window (17 BEATs tokens) into one query,
-    Llama-3.1-8B-Instruct (with the added `[PAD]` row, 128257 tokens) and LoRA r=32, alpha=32 on q/k/v/o.
+    Llama-3.1-8B-Instruct (with the added `[PAD]` row, 128257 tokens). The LoRA adapter (r=32, alpha=32 on q/k/v/o in
+    the released model) is not described here: its rank, alpha, dropout and targets are the peft adapter's own config
+    (`adapter_config.json`, `model.peft_config`), their one source; `merging_alpha` scales it on top.
 
     Args:
         audio_config (`dict` or [`NatureLMBeatsConfig`]): the BEATs encoder.
@@ -100,9 +102,8 @@ class NatureLMConfig(PreTrainedConfig):
         window_stride_seconds (`float`, defaults to 0.333333): Q-Former window hop (`second_stride`).
         num_query_tokens (`int`, defaults to 1): learned queries (and LLM tokens) per window.
         audio_token_id (`int`, defaults to 128002): placeholder id replaced by audio features.
-        lora_rank, lora_alpha, lora_dropout, lora_target_modules: the LoRA adapter on the language model.
         merging_alpha (`float`, defaults to 1.0): runtime LoRA scale factor, W0 + merging_alpha * (alpha/r) * BA
-            (the original `model_merging_scaling`).
+            with r and alpha from the adapter config (the original `model_merging_scaling`).
 
     Example:
 
@@ -162,16 +163,10 @@ class NatureLMConfig(PreTrainedConfig):
     window_stride_seconds: float = 0.333333
     num_query_tokens: int = 1
     audio_token_id: int = 128002
-    lora_rank: int = 32
-    lora_alpha: float = 32.0
-    lora_dropout: float = 0.1
-    lora_target_modules: list[str] | None = None
     merging_alpha: float = 1.0
     initializer_range: float = 0.02
 
     def __post_init__(self, **kwargs):
-        if self.lora_target_modules is None:
-            self.lora_target_modules = ["q_proj", "k_proj", "v_proj", "o_proj"]
         # A partial dict only overrides the released sizes instead of falling back to the library defaults
         # (Blip-2's 12 layers with cross-attention every 2nd layer would silently change the architecture).
         for key in ("qformer_config", "text_config"):

@@ -3,12 +3,11 @@
 Feature extractor for NatureLM-audio: the BEATs Kaldi log-mel front end.
 
 This file is shipped with checkpoints as remote code (`trust_remote_code=True`), so it imports only torch, numpy,
-transformers and the standard library.
+transformers, the standard library and its sibling `audio_naturelm` (resampling).
 """
 
 import math
 import warnings
-from functools import lru_cache
 
 import numpy as np
 import torch
@@ -17,6 +16,11 @@ from transformers.audio_utils import mel_filter_bank
 from transformers.feature_extraction_sequence_utils import SequenceFeatureExtractor
 from transformers.feature_extraction_utils import BatchFeature
 from transformers.utils import TensorType, logging
+
+try:  # as remote code these files form one package; pip-installed they are top-level modules
+    from .audio_naturelm import to_mono
+except ImportError:
+    from audio_naturelm import to_mono
 
 
 logger = logging.get_logger(__name__)
@@ -27,70 +31,8 @@ KALDI_PREEMPHASIS = 0.97
 KALDI_LOW_FREQUENCY = 20.0
 KALDI_LOG_FLOOR = torch.finfo(torch.float32).eps
 
-# Band-limited resampling settings (the defaults of `torchaudio.functional.resample`).
-RESAMPLE_ZERO_CROSSINGS = 6
-RESAMPLE_ROLLOFF = 0.99
-
 _TENSOR_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 _ARRAY_DTYPES = (np.float16, np.float32, np.float64)
-
-
-@lru_cache(maxsize=16)
-def _sinc_resample_kernel(orig_freq: int, new_freq: int) -> tuple[torch.Tensor, int]:
-    """
-    Builds the polyphase filter bank for resampling by the reduced ratio `new_freq / orig_freq`.
-
-    Output sample `n` lies at input position `n * orig_freq / new_freq`. Writing `n = j * new_freq + p`, phase `p`
-    reads the inputs `j * orig_freq - width ... j * orig_freq + orig_freq + width - 1`, so one `conv1d` with stride
-    `orig_freq` and `new_freq` output channels computes every phase at once. Each tap is a Hann-windowed sinc
-    low-pass at `RESAMPLE_ROLLOFF` times the lower of the two Nyquist frequencies, cut off after
-    `RESAMPLE_ZERO_CROSSINGS` zero crossings.
-
-    Returns:
-        `tuple[torch.Tensor, int]`: the float64 kernel of shape `(new_freq, 1, orig_freq + 2 * width)` and `width`.
-    """
-    cutoff = RESAMPLE_ROLLOFF * min(orig_freq, new_freq)  # in units where the reduced rates are orig/new_freq
-    width = math.ceil(RESAMPLE_ZERO_CROSSINGS * orig_freq / cutoff)
-    taps = torch.arange(-width, orig_freq + width, dtype=torch.float64) / orig_freq
-    phases = torch.arange(new_freq, dtype=torch.float64)[:, None] / new_freq
-    x = (cutoff * (taps[None, :] - phases)).clamp(-RESAMPLE_ZERO_CROSSINGS, RESAMPLE_ZERO_CROSSINGS)
-    window = torch.cos(x * math.pi / (2 * RESAMPLE_ZERO_CROSSINGS)) ** 2
-    kernel = torch.special.sinc(x) * window * (cutoff / orig_freq)
-    return kernel[:, None, :], width
-
-
-def resample(waveform: torch.Tensor, orig_freq: int, new_freq: int, max_length: int | None = None) -> torch.Tensor:
-    """
-    Band-limited (windowed-sinc) resampling of the last axis, the same interpolation as
-    `torchaudio.functional.resample`'s defaults, so that this file does not need torchaudio.
-
-    Args:
-        waveform (`torch.Tensor` of shape `(..., time)`):
-            Float audio; the result has the same dtype.
-        orig_freq (`int`):
-            Sampling rate of `waveform`.
-        new_freq (`int`):
-            Wanted sampling rate.
-        max_length (`int`, *optional*):
-            Keep only the first `max_length` output samples; input that cannot reach them is not processed.
-
-    Returns:
-        `torch.Tensor` of shape `(..., min(ceil(time * new_freq / orig_freq), max_length))`.
-    """
-    if orig_freq == new_freq:
-        return waveform[..., :max_length]
-    gcd = math.gcd(orig_freq, new_freq)
-    orig_freq, new_freq = orig_freq // gcd, new_freq // gcd
-    kernel, width = _sinc_resample_kernel(orig_freq, new_freq)
-    out_length = -(-waveform.shape[-1] * new_freq // orig_freq)
-    if max_length is not None and max_length < out_length:
-        out_length = max_length
-        # output j * new_freq + p reads inputs up to (j + 1) * orig_freq + width - 1
-        waveform = waveform[..., : ((max_length - 1) // new_freq + 1) * orig_freq + width]
-    shape, length = waveform.shape[:-1], waveform.shape[-1]
-    padded = torch.nn.functional.pad(waveform.reshape(-1, 1, length), (width, width + orig_freq))
-    out = torch.nn.functional.conv1d(padded, kernel.to(waveform.dtype), stride=orig_freq)  # (batch, phase, block)
-    return out.transpose(1, 2).reshape(*shape, -1)[..., :out_length]
 
 
 class NatureLMFeatureExtractor(SequenceFeatureExtractor):
@@ -248,15 +190,11 @@ class NatureLMFeatureExtractor(SequenceFeatureExtractor):
             )
         if math.prod(clip.shape) == 0:
             raise ValueError(f"Clip {index} is empty (shape {tuple(clip.shape)}).")
-        waveform = clip.detach().cpu() if is_tensor else torch.from_numpy(np.ascontiguousarray(clip))
-        if not torch.isfinite(waveform).all():
+        samples = clip.detach().float().cpu().numpy() if is_tensor else clip.astype(np.float32)
+        if not np.isfinite(samples).all():
             raise ValueError(f"Clip {index} contains NaN or infinite samples.")
-
-        # Mixing and resampling run in float64 so that the float32 result carries no extra rounding noise.
-        waveform = waveform.double()
-        if waveform.ndim == 2:  # the shorter axis is taken to be the channels
-            waveform = waveform.mean(dim=0 if waveform.shape[0] <= waveform.shape[1] else 1)
-        waveform = resample(waveform, sampling_rate, self.sampling_rate, max_length=self.num_samples).float()
+        # mixed to mono (the shorter axis is the channels) and resampled by the package's one audio path
+        waveform = torch.from_numpy(to_mono(samples, sampling_rate, self.sampling_rate)[: self.num_samples])
         num_real = waveform.shape[0]
         waveform = torch.nn.functional.pad(waveform, (0, self.num_samples - num_real), value=self.padding_value)
         return waveform.clamp(-1.0, 1.0), num_real
@@ -298,7 +236,7 @@ class NatureLMFeatureExtractor(SequenceFeatureExtractor):
                 which may differ in length and channel layout but share `sampling_rate`.
             sampling_rate (`int`):
                 Sampling rate of `raw_speech`; required so that audio is never silently read at the wrong rate. Clips
-                at other rates than `self.sampling_rate` are resampled (windowed sinc, as torchaudio).
+                at other rates than `self.sampling_rate` are resampled (soxr, as `audio_naturelm` reads files).
             return_tensors (`str` or [`~utils.TensorType`], *optional*):
                 `"pt"` for torch tensors, `"np"` or `None` for numpy arrays.
             return_attention_mask (`bool`, *optional*):

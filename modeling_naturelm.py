@@ -21,9 +21,14 @@ from transformers.modeling_outputs import (
     CausalLMOutputWithPast,
 )
 from transformers.modeling_utils import slice_logits_to_keep
-from transformers.utils import ModelOutput
+from transformers.models.wavlm.modeling_wavlm import WavLMAttention
+from transformers.processing_utils import Unpack
+from transformers.utils import ModelOutput, TransformersKwargs, can_return_tuple
 
-from .configuration_naturelm import NatureLMBeatsConfig, NatureLMConfig
+try:  # as remote code these files form one package; pip-installed they are top-level modules
+    from .configuration_naturelm import NatureLMBeatsConfig, NatureLMConfig
+except ImportError:
+    from configuration_naturelm import NatureLMBeatsConfig, NatureLMConfig
 
 # transformers 5.24 renamed the KV cache of model inputs and outputs from `past_key_values` to `cache`. The cache is
 # passed through `**kwargs` and the outputs subclass transformers' own, so both spellings work; callers that hand a
@@ -79,7 +84,9 @@ class NatureLMBeatsWeightNormConv1d(nn.Conv1d):
 
 
 class NatureLMBeatsPositionalConvEmbedding(nn.Module):
-    """Weight-normalised grouped convolution over time, added to the input as a relative position signal."""
+    """Weight-normalised grouped convolution over time, added to the input as a relative position signal: the same
+    computation as transformers' `WavLMPositionalConvEmbedding` (conv, drop the extra frame of an even kernel, GELU),
+    with the convolution run through the FFT (see [`NatureLMBeatsWeightNormConv1d`])."""
 
     def __init__(self, config: NatureLMBeatsConfig):
         super().__init__()
@@ -101,22 +108,20 @@ class NatureLMBeatsPositionalConvEmbedding(nn.Module):
 
 
 class NatureLMBeatsRelativePositionBias(nn.Module):
-    """Bucketed relative position bias (T5-style, bidirectional), computed once and shared by every layer."""
+    """Bucketed relative position bias (T5-style, bidirectional), computed once and shared by every layer.
+
+    BEATs took it from WavLM, so the buckets are transformers' own `WavLMAttention._relative_positions_bucket`
+    (it reads only `num_buckets` and `max_distance`) and `forward` is `WavLMAttention.compute_bias` for a square
+    length; the embedding keeps BEATs' name, `relative_attention_bias`, which checkpoints use.
+    """
+
+    _bucket = WavLMAttention._relative_positions_bucket
 
     def __init__(self, config: NatureLMBeatsConfig):
         super().__init__()
         self.num_buckets = config.num_buckets
         self.max_distance = config.max_distance
         self.relative_attention_bias = nn.Embedding(config.num_buckets, config.encoder_attention_heads)
-
-    def _bucket(self, relative_position: torch.Tensor) -> torch.Tensor:
-        half = self.num_buckets // 2
-        buckets = (relative_position > 0).long() * half
-        distance = relative_position.abs()
-        max_exact = half // 2
-        log_ratio = torch.log(distance.clamp(min=1).float() / max_exact) / math.log(self.max_distance / max_exact)
-        large = (max_exact + log_ratio * (half - max_exact)).long().clamp(max=half - 1)
-        return buckets + torch.where(distance < max_exact, distance, large)
 
     def forward(self, length: int) -> torch.Tensor:
         """Returns the bias of shape `(num_heads, length, length)`."""
@@ -152,7 +157,7 @@ class NatureLMBeatsAttention(nn.Module):
         bias, gate = None, None
         if position_bias is not None:
             bias = position_bias.unsqueeze(0).to(query.dtype)
-            if self.gru_rel_pos:
+            if self.gru_rel_pos:  # the gate of `WavLMAttention.forward` (steps 2-3), computed from the query as BEATs does
                 gates = torch.sigmoid(self.grep_linear(query).view(batch_size, self.num_heads, length, 2, 4).sum(-1))
                 gate_a, gate_b = gates.chunk(2, dim=-1)
                 gate = gate_a * (gate_b * self.grep_a - 1.0) + 2.0
@@ -283,7 +288,8 @@ class NatureLMBeatsModel(NatureLMBeatsPreTrainedModel):
         self.encoder = NatureLMBeatsEncoder(config)
         self.post_init()
 
-    def forward(self, input_features: torch.Tensor, **kwargs) -> BaseModelOutput:
+    @can_return_tuple
+    def forward(self, input_features: torch.Tensor, **kwargs: Unpack[TransformersKwargs]) -> BaseModelOutput:
         r"""
         input_features (`torch.FloatTensor` of shape `(batch_size, num_frames, num_mel_bins)`):
             Normalised log-mel fbank from [`NatureLMFeatureExtractor`].
@@ -304,6 +310,10 @@ class NatureLMWindowQFormerProjector(nn.Module):
     """LayerNorm on BEATs tokens, then a Q-Former reads each window of tokens into `num_query_tokens` vectors,
     linearly projected to the LLM width: 10 s of audio -> 29 LLM tokens with the released settings."""
 
+    # A plain module, so the model's `post_init` reads this list from it: a Q-Former layer (self-attention over the
+    # queries, cross-attention to the window, feed-forward) stays on one device.
+    _no_split_modules = ["Blip2QFormerLayer"]
+
     def __init__(self, config: NatureLMConfig):
         super().__init__()
         self.window_tokens = config.window_tokens
@@ -315,6 +325,11 @@ class NatureLMWindowQFormerProjector(nn.Module):
 
     def forward(self, audio_hidden_states: torch.Tensor) -> torch.Tensor:
         batch_size, _, width = audio_hidden_states.shape
+        if audio_hidden_states.shape[1] < self.window_tokens:
+            raise ValueError(
+                f"The clips give {audio_hidden_states.shape[1]} BEATs tokens, fewer than the {self.window_tokens} of one "
+                "Q-Former window; use longer clips (the feature extractor's max_length_seconds)."
+            )
         hidden_states = self.layer_norm(audio_hidden_states)
         # Sliding windows over time; a tail shorter than a window is dropped, as in the original's F.unfold.
         windows = hidden_states.unfold(1, self.window_tokens, self.window_stride_tokens)
@@ -332,10 +347,13 @@ class NatureLMPreTrainedModel(PreTrainedModel):
     base_model_prefix = "model"
     input_modalities = ("audio", "text")
     supports_gradient_checkpointing = True
-    _no_split_modules = ["NatureLMBeatsEncoderLayer", "Blip2QFormerLayer", "LlamaDecoderLayer"]
+    # No list of our own: `post_init` gathers the children's (`NatureLMBeatsEncoderLayer` from the audio tower,
+    # `Blip2QFormerLayer` from the projector, the language model's own, e.g. `LlamaDecoderLayer`).
+    _no_split_modules = None
     _skip_keys_device_placement = CACHE_KWARG
     _supports_sdpa = True
-    _supports_flash_attn = True
+    # No `_supports_flash_attn`: the Blip-2 Q-Former has no flash-attention path (Granite Speech, built on the same
+    # Q-Former, says so too), so the model as a whole cannot claim one.
     _supports_attention_backend = True
 
     @torch.no_grad()
@@ -384,7 +402,10 @@ class NatureLMModel(NatureLMPreTrainedModel):
     def set_input_embeddings(self, value: nn.Module) -> None:
         self.language_model.set_input_embeddings(value)
 
-    def get_audio_features(self, input_features: torch.FloatTensor, **kwargs) -> BaseModelOutputWithPooling:
+    @can_return_tuple
+    def get_audio_features(
+        self, input_features: torch.FloatTensor, **kwargs: Unpack[TransformersKwargs]
+    ) -> BaseModelOutputWithPooling:
         r"""
         input_features (`torch.FloatTensor` of shape `(num_clips, num_frames, num_mel_bins)`):
             Normalised fbank of fixed-length clips from [`NatureLMFeatureExtractor`].
@@ -398,9 +419,20 @@ class NatureLMModel(NatureLMPreTrainedModel):
         audio_embeds = self.audio_projector(audio_hidden_states)
         return BaseModelOutputWithPooling(last_hidden_state=audio_hidden_states, pooler_output=audio_embeds)
 
-    def get_placeholder_mask(self, input_ids: torch.LongTensor, audio_embeds: torch.Tensor) -> torch.Tensor:
-        """Checks, row by row, that every clip has exactly its number of placeholders, then returns their mask."""
-        mask = input_ids == self.config.audio_token_id
+    def get_placeholder_mask(
+        self,
+        input_ids: torch.LongTensor | None,
+        inputs_embeds: torch.FloatTensor,
+        audio_embeds: torch.Tensor,
+    ) -> torch.Tensor:
+        """Checks, row by row, that every clip has exactly its number of placeholders, then returns their mask,
+        `(batch_size, sequence_length)`. Without `input_ids` the placeholders are the positions whose embedding is
+        the audio token's, as transformers' multimodal models find them."""
+        if input_ids is not None:
+            mask = input_ids == self.config.audio_token_id
+        else:
+            token = torch.tensor(self.config.audio_token_id, device=inputs_embeds.device)
+            mask = (inputs_embeds == self.get_input_embeddings()(token).to(inputs_embeds.dtype)).all(-1)
         num_clips, tokens_per_clip = audio_embeds.shape[:2]
         per_row = mask.sum(-1).tolist()
         for row, count in enumerate(per_row):
@@ -416,6 +448,22 @@ class NatureLMModel(NatureLMPreTrainedModel):
             )
         return mask
 
+    def get_merged_audio_embeddings(
+        self,
+        inputs_embeds: torch.FloatTensor,
+        input_features: torch.FloatTensor,
+        input_ids: torch.LongTensor | None = None,
+    ) -> tuple[torch.FloatTensor, torch.FloatTensor]:
+        """Runs the clips through the audio tower and projector and writes their features over the placeholder
+        positions of `inputs_embeds`. Returns the merged embeddings and the audio features
+        `(num_clips * num_audio_tokens, text_hidden_size)`."""
+        audio_embeds = self.get_audio_features(input_features).pooler_output
+        mask = self.get_placeholder_mask(input_ids, inputs_embeds, audio_embeds)
+        audio_embeds = audio_embeds.reshape(-1, audio_embeds.shape[-1]).to(inputs_embeds.device, inputs_embeds.dtype)
+        merged = inputs_embeds.masked_scatter(mask.unsqueeze(-1).to(inputs_embeds.device), audio_embeds)
+        return merged, audio_embeds
+
+    @can_return_tuple
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -424,27 +472,25 @@ class NatureLMModel(NatureLMPreTrainedModel):
         position_ids: torch.LongTensor | None = None,
         inputs_embeds: torch.FloatTensor | None = None,
         use_cache: bool | None = None,
-        **kwargs,
+        **kwargs: Unpack[TransformersKwargs],
     ) -> NatureLMModelOutputWithPast:
         r"""
-        input_ids (`torch.LongTensor` of shape `(batch_size, sequence_length)`):
+        input_ids (`torch.LongTensor` of shape `(batch_size, sequence_length)`, *optional*):
             Token ids with `config.audio_token_id` placeholders where the audio features go.
         input_features (`torch.FloatTensor` of shape `(num_clips, num_frames, num_mel_bins)`, *optional*):
             Fbank features of the clips, in the order their placeholders appear.
+        inputs_embeds (`torch.FloatTensor` of shape `(batch_size, sequence_length, text_hidden_size)`, *optional*):
+            Instead of `input_ids`: token embeddings, either already merged with the audio (see
+            [`~NatureLMModel.get_merged_audio_embeddings`]) or, with `input_features`, holding the audio token's
+            embedding at the placeholder positions.
         """
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("Pass exactly one of `input_ids` or `inputs_embeds`.")
         if inputs_embeds is None:
             inputs_embeds = self.get_input_embeddings()(input_ids)
-
         audio_embeds = None
         if input_features is not None:
-            if input_ids is None:
-                raise ValueError("`input_features` need `input_ids` to locate the audio placeholder tokens.")
-            audio_embeds = self.get_audio_features(input_features).pooler_output
-            mask = self.get_placeholder_mask(input_ids, audio_embeds)
-            audio_embeds = audio_embeds.reshape(-1, audio_embeds.shape[-1]).to(inputs_embeds.device, inputs_embeds.dtype)
-            inputs_embeds = inputs_embeds.masked_scatter(mask.unsqueeze(-1).to(inputs_embeds.device), audio_embeds)
+            inputs_embeds, audio_embeds = self.get_merged_audio_embeddings(inputs_embeds, input_features, input_ids)
 
         # the KV cache travels in `kwargs` under the installed transformers' name (see CACHE_KWARG)
         outputs = self.language_model(
@@ -482,9 +528,12 @@ class NatureLMForConditionalGeneration(NatureLMPreTrainedModel, GenerationMixin)
     def set_output_embeddings(self, new_embeddings: nn.Module) -> None:
         self.lm_head = new_embeddings
 
-    def get_audio_features(self, input_features: torch.FloatTensor, **kwargs) -> BaseModelOutputWithPooling:
+    def get_audio_features(
+        self, input_features: torch.FloatTensor, **kwargs: Unpack[TransformersKwargs]
+    ) -> BaseModelOutputWithPooling:
         return self.model.get_audio_features(input_features, **kwargs)
 
+    @can_return_tuple
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -495,7 +544,7 @@ class NatureLMForConditionalGeneration(NatureLMPreTrainedModel, GenerationMixin)
         labels: torch.LongTensor | None = None,
         use_cache: bool | None = None,
         logits_to_keep: int | torch.Tensor = 0,
-        **kwargs,
+        **kwargs: Unpack[TransformersKwargs],
     ) -> NatureLMCausalLMOutputWithPast:
         r"""
         labels (`torch.LongTensor` of shape `(batch_size, sequence_length)`, *optional*):
@@ -521,16 +570,21 @@ class NatureLMForConditionalGeneration(NatureLMPreTrainedModel, GenerationMixin)
         rest = {key: value for key, value in outputs.items() if key != "last_hidden_state"}
         return NatureLMCausalLMOutputWithPast(loss=loss, logits=logits, **rest)
 
-    def generate(self, *args, **kwargs) -> torch.LongTensor:
-        features, input_ids = kwargs.get("input_features"), kwargs.get("input_ids", args[0] if args else None)
-        config = kwargs.get("generation_config", self.generation_config)
-        expands = max(kwargs.get("num_beams", config.num_beams) or 1, kwargs.get("num_return_sequences", 1) or 1) > 1
-        if expands and features is not None and input_ids is not None and features.shape[0] != input_ids.shape[0]:
-            raise ValueError(
-                "Beam search or several return sequences need exactly one clip per prompt "
-                f"(got {features.shape[0]} clips for {input_ids.shape[0]} prompts)."
-            )
-        return super().generate(*args, **kwargs)
+    def generate(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        input_features: torch.FloatTensor | None = None,
+        **kwargs,
+    ) -> torch.LongTensor:
+        """`GenerationMixin.generate`, with every clip encoded once before decoding starts, as the original does.
+        transformers would repeat `input_features` for every beam and returned sequence and run the audio encoder on
+        each copy (2x its cost with the 2 beams NatureLM decodes with); the prompt embeddings are expanded instead."""
+        if input_features is not None:
+            if input_ids is None:
+                raise ValueError("`input_features` need `input_ids` to locate the audio placeholder tokens.")
+            embeds = self.get_input_embeddings()(input_ids)
+            kwargs["inputs_embeds"] = self.model.get_merged_audio_embeddings(embeds, input_features, input_ids)[0]
+        return super().generate(input_ids=input_ids, **kwargs)
 
     # LoRA adapter -------------------------------------------------------------------------------------------------
 
