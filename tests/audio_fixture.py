@@ -16,7 +16,7 @@ MODEL_RATE = 16000  # the model's sampling rate: windows are counted in samples 
 @dataclass(frozen=True)
 class Recording:
     path: Path
-    header_seconds: float  # frames / rate as the header says (what `naturelm.audio.audio_info` and the Space read)
+    header_seconds: float  # frames / rate as the header says (what `audio_naturelm.audio_info` and the Space read)
     decoded_seconds: float  # what decoding gives (compressed formats may decode to another length): windows, ends
     size_mb: float  # file size in MiB (2**20 bytes), as the Space's upload cap counts it
     channels: int
@@ -41,7 +41,7 @@ def read_recordings(audio_dir: Path) -> list[Recording]:
 def num_windows(seconds: float, window: float, hop: float) -> int:
     """How many windows of `window` s every `hop` s cover `seconds` s of audio: starts every hop until a window
     reaches the end (the last one partial), and none starting at or after the end. Written as a closed form, apart
-    from the package's loop (`naturelm.pipeline_naturelm.window_starts`) that it checks."""
+    from the package's loop (`pipeline_naturelm.window_starts`) that it checks."""
     samples, window, hop = (round(value * MODEL_RATE) for value in (seconds, window, hop))
     return 1 + max(0, math.ceil((samples - max(window, hop)) / hop))
 

@@ -72,7 +72,7 @@ def test_freed_memory_stays_mapped_after_tuning(tmp_path):
 
 def test_load_model_merges_the_adapter_for_inference(reference):
     from naturelm.loading import load_model
-    from naturelm.pipeline_naturelm import build_prompt
+    from pipeline_naturelm import build_prompt
 
     model, processor = load_model("unused", smoke=True)
     merged, _ = load_model("unused", smoke=True, merge_adapter=True)
@@ -86,7 +86,7 @@ def test_load_model_merges_the_adapter_for_inference(reference):
 @pytest.mark.parametrize("native_bf16", [False, True])
 def test_audio_encoder_runs_in_fp32_on_a_cpu_without_native_bf16(reference, monkeypatch, native_bf16):
     from naturelm.loading import audio_encoder_to_fp32_without_native_bf16, load_model
-    from naturelm.pipeline_naturelm import build_prompt, generate_answers, AudioWindow
+    from pipeline_naturelm import AudioWindow, build_prompt, generate_answers
 
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: native_bf16)
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
@@ -103,5 +103,5 @@ def test_audio_encoder_runs_in_fp32_on_a_cpu_without_native_bf16(reference, monk
         embeds = model.get_audio_features(features).pooler_output
         if not native_bf16:
             assert torch.equal(embeds, reference_model.get_audio_features(features).pooler_output)
-    window = AudioWindow(0, 0.0, 10.0, clip, build_prompt(processor, "Caption the audio."))
+    window = AudioWindow(0.0, 10.0, clip, build_prompt(processor, "Caption the audio."))
     assert len(generate_answers(model, processor, [window], max_new_tokens=3, do_sample=False)) == 1

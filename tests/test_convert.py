@@ -140,7 +140,7 @@ def test_checkpoints_decode_like_the_original_whatever_the_base_samples(parity_d
     from naturelm.convert import ORIGINAL_DECODING
     from naturelm.evaluation.generation import generate_answers as evaluation_answers
     from naturelm.loading import load_for_inference
-    from naturelm.pipeline_naturelm import DEFAULT_QUERY, TASK, build_prompt
+    from pipeline_naturelm import DEFAULT_QUERY, TASK, build_prompt
 
     base = tmp_path / "sampling_base"
     shutil.copytree(parity_dir / "base_llama", base)

@@ -154,7 +154,7 @@ def test_embed_writes_one_vector_per_window(audio_dir, tmp_path):
 
 def test_query_that_holds_the_audio_placeholder(audio_dir, tmp_path):
     """The audio goes where the query's placeholder stands (no second one): the same rows as the plain query."""
-    from naturelm.processing_naturelm import AUDIO_SPAN
+    from processing_naturelm import AUDIO_SPAN
 
     clip = min(audio_dir.glob("*.mp3"), key=lambda p: soundfile.info(p).duration)
     outputs = {}

@@ -122,11 +122,11 @@ def test_finetune_lora_trains_and_the_folder_loads_and_answers(tiny_model_dir, a
     notebook = _run("02_finetune_lora.ipynb", workdir)
 
     # the recordings the notebook labels, cut into 10-s clips (a last one only if it holds more than 1 s)
-    from naturelm.pipeline_naturelm import load_audio_file
+    from audio_naturelm import read_audio
 
     labelled = _notebook_constant("LABELS", "02_finetune_lora.ipynb")
     species = set(labelled.values())
-    clips = {name: math.ceil(max(len(load_audio_file(audio_dir / name, 16000)) - 16000, 1) / 160000)
+    clips = {name: math.ceil(max(len(read_audio(audio_dir / name, 16000)) - 16000, 1) / 160000)
              for name in labelled}
     num_clips = sum(clips.values())
 

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from naturelm.convert import from_original
-from naturelm.pipeline_naturelm import build_prompt
-from naturelm.processing_naturelm import AUDIO_SPAN
+from pipeline_naturelm import build_prompt
+from processing_naturelm import AUDIO_SPAN
 
 LAYOUTS = ["original_checkpoint_full", "original_checkpoint_hub_layout"]
 

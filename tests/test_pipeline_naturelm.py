@@ -38,8 +38,9 @@ def test_batched_pipeline_equals_per_window_generation(parity_model, long_record
         windows = output["windows"]
         assert len(windows) == -(-duration // 10) and abs(windows[-1]["end"] - duration) < 1e-3
         for window in windows:
-            clip = pipe.preprocess(long_recording, query=query)[round(window["start"] / 10)]
-            single = processor(text=clip.prompt, audio=clip.audio, sampling_rate=16000)
+            recording = pipe.preprocess(long_recording, query=query)
+            _, _, samples = list(recording.windows())[round(window["start"] / 10)]
+            single = processor(text=recording.prompt, audio=samples, sampling_rate=16000)
             ids = model.generate(**single, **kwargs)[0, single["input_ids"].shape[1]:]
             assert window["text"] == processor.decode(ids, skip_special_tokens=True).strip()
 

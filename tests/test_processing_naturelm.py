@@ -169,7 +169,7 @@ def test_labels_follow_an_explicit_padding_side(processor):
 
 
 def test_chat_template_with_tokenize_loads_the_audio_of_the_messages(processor, audio_dir):
-    from feature_extraction_naturelm import load_audio_file
+    from audio_naturelm import read_audio
 
     path = sorted(p for p in audio_dir.iterdir() if p.suffix in (".wav", ".mp3", ".flac"))[0]
     query = "Which species?"
@@ -177,7 +177,7 @@ def test_chat_template_with_tokenize_loads_the_audio_of_the_messages(processor, 
     out = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=True,
                                         return_tensors="pt")
     rate = processor.feature_extractor.sampling_rate
-    expected = processor(text=_prompt(processor, query), audio=load_audio_file(path, rate), sampling_rate=rate)
+    expected = processor(text=_prompt(processor, query), audio=read_audio(path, rate), sampling_rate=rate)
     assert out.keys() == expected.keys() == {"input_ids", "attention_mask", "input_features"}
     for key in expected:
         assert torch.equal(out[key], expected[key]), key

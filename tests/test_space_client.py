@@ -17,10 +17,10 @@ gradio_client = pytest.importorskip("gradio_client", reason="needs the `space` e
 from gradio_client import Client, handle_file  # noqa: E402
 from gradio_client.exceptions import AppError  # noqa: E402
 
-from naturelm.audio import stream_windows  # noqa: E402
+from audio_naturelm import stream_windows  # noqa: E402
 from naturelm.infer import CSV_COLUMNS, RAVEN_COLUMNS, MemoryWriter, ResultWriter, run  # noqa: E402
 from naturelm.loading import load_model  # noqa: E402
-from naturelm.pipeline_naturelm import AudioWindow, generate_answers  # noqa: E402
+from pipeline_naturelm import AudioWindow, generate_answers  # noqa: E402
 
 SPECIES = "What is the common name for the focal species in the audio? Answer:"
 
@@ -64,7 +64,7 @@ def _answer(model, clip: np.ndarray, messages: list[dict], alpha: float, max_new
     net.set_merging_alpha(alpha)
     try:
         prompt = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-        window = AudioWindow(0, 0.0, 10.0, clip, prompt)
+        window = AudioWindow(0.0, 10.0, clip, prompt)
         return generate_answers(net, processor, [window], max_new_tokens=max_new_tokens, do_sample=False)[0].strip()
     finally:
         net.set_merging_alpha(1.0)

@@ -15,7 +15,7 @@ import engine  # noqa: E402
 import gradio as gr  # noqa: E402
 
 from naturelm.loading import RELEASED_MODEL  # noqa: E402
-from naturelm.processing_naturelm import AUDIO_SPAN  # noqa: E402
+from processing_naturelm import AUDIO_SPAN  # noqa: E402
 
 
 def test_settings_come_from_the_environment_with_clear_errors(tmp_path):

@@ -13,7 +13,7 @@ from naturelm.training import SCHEMA, SKIP_REASONS, NatureLMDataCollator, TextAu
 from naturelm.training.arguments import AudioDatasetConfig
 from naturelm.training.augment import NONE_ANSWER
 from naturelm.training.data import apply_transform, load_text_audio_dataset, mix_datasets
-from naturelm.processing_naturelm import AUDIO_SPAN as AUDIO_PROMPT
+from processing_naturelm import AUDIO_SPAN as AUDIO_PROMPT
 
 
 def _rows(dataset) -> list[dict]:
