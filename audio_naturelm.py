@@ -45,7 +45,7 @@ def to_mono(samples: np.ndarray, rate: int | None, target: int = SAMPLING_RATE, 
         samples = samples.detach().float().cpu().numpy()
     samples = np.asarray(samples)
     if rate is None or rate <= 0 or rate != int(rate):
-        raise AudioError(f"{name}: a raw array needs its sampling rate (a positive integer), got {rate}.")
+        raise AudioError(f"{name}: a raw array needs its `sampling_rate` (a positive integer), got {rate}.")
     if samples.dtype.kind != "f":
         raise AudioError(f"{name}: dtype {samples.dtype} is not supported; pass float audio in [-1, 1].")
     if samples.ndim == 2:
