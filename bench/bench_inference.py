@@ -92,6 +92,7 @@ def _full_size(device: str):
     from modeling_naturelm import NatureLMForConditionalGeneration
     from naturelm.testing_utils import llama3_tokenizer
     from processing_naturelm import NatureLMProcessor
+    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 
     with torch.device("meta"):
         model = NatureLMForConditionalGeneration(NatureLMConfig())
@@ -101,10 +102,14 @@ def _full_size(device: str):
         for param in model.parameters():  # cheap random weights, filled in place
             param.uniform_(-0.02, 0.02, generator=generator)
         for module in model.modules():  # non-persistent buffers (rotary frequencies) are rebuilt
-            if hasattr(module, "rope_init_fn"):
-                inv_freq, module.attention_scaling = module.rope_init_fn(module.config, device)
+            if hasattr(module, "original_inv_freq") and hasattr(module, "rope_type"):
+                # transformers 5 keeps the rope init function local to `__init__`; left to `to_empty`, the
+                # frequencies would be uninitialised memory (NaN logits)
+                init = (module.compute_default_rope_parameters if module.rope_type == "default"
+                        else ROPE_INIT_FUNCTIONS[module.rope_type])
+                inv_freq, module.attention_scaling = init(module.config, device)
                 module.inv_freq = inv_freq
-                module.original_inv_freq = inv_freq
+                module.original_inv_freq = inv_freq.clone()
     return model, NatureLMProcessor(NatureLMFeatureExtractor(), llama3_tokenizer())
 
 
