@@ -20,7 +20,7 @@ where the CPU has no native bf16). After one warm-up batch, the recording is run
 reported. Usage:
 
     ./run python bench/bench_inference.py [tiny mid full e2e] [--batch-size 32] [--full-batch 4] [--dtype fp32|bf16]
-        [--repeats 3] [--device cpu|cuda]
+        [--repeats 3] [--device cpu|cuda] [--quantize int8]
     ./run python bench/bench_inference.py --one SIZE,BATCH,BEAMS   # one configuration, one JSON line: size,
         # batch_size, num_beams, audio_s_per_s, peak_rss_gb (+ seconds_per_window, texts, ...); other tools read it
 """
@@ -51,8 +51,9 @@ def long_recording(seconds: float) -> np.ndarray:
     return np.tile(audio, int(np.ceil(seconds * 16000 / len(audio))))[: int(seconds * 16000)]
 
 
-def build(size: str, dtype: torch.dtype, device: str):
-    """The model of a size, placed as `naturelm infer` places it, and its processor; plus how it was built."""
+def build(size: str, dtype: torch.dtype, device: str, quantize: str | None = None):
+    """The model of a size, placed as `naturelm infer` places it (`--quantize` included), and its processor; plus
+    how it was built."""
     from naturelm.convert import from_original
     from naturelm.loading import audio_encoder_to_fp32_without_native_bf16, keep_freed_memory_mapped
     from naturelm.testing_utils import tiny_model_and_processor
@@ -80,6 +81,11 @@ def build(size: str, dtype: torch.dtype, device: str):
         model.merge_adapter_into_weights()
     model = model.to(device).eval()
     info["fp32_audio_encoder"] = audio_encoder_to_fp32_without_native_bf16(model)
+    if quantize:
+        from naturelm.quantization import quantize_language_model
+
+        quantize_language_model(model, quantize)
+    info["quantize"] = quantize
     info["build_seconds"] = time.perf_counter() - started
     return model, processor, info
 
@@ -126,10 +132,11 @@ def _timed(function, repeats: int) -> tuple[float, object]:
     return float(np.median(times)), result
 
 
-def run_config(size: str, batch_size: int, num_beams: int, dtype: str, repeats: int, device: str) -> dict:
+def run_config(size: str, batch_size: int, num_beams: int, dtype: str, repeats: int, device: str,
+               quantize: str | None = None) -> dict:
     from pipeline_naturelm import TASK, NatureLMPipeline
 
-    model, processor, info = build(size, DTYPES[dtype], device)
+    model, processor, info = build(size, DTYPES[dtype], device, quantize)
     pipe = NatureLMPipeline(model=model, processor=processor, task=TASK, device=model.device)
     audio = long_recording({"tiny": 300.0, "mid": 120.0, "full": 10.0 * batch_size}[size])
     kwargs = dict(max_new_tokens=20, min_new_tokens=20, num_beams=num_beams, do_sample=False)
@@ -194,6 +201,7 @@ def main() -> None:
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="fp32")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per configuration (median reported)")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--quantize", choices=["int8"], help="the language model in int8 (`naturelm infer --quantize`)")
     parser.add_argument("--one", help="run one configuration SIZE,BATCH,BEAMS and print it as one JSON line")
     args = parser.parse_args()
     if args.one:
@@ -201,16 +209,18 @@ def main() -> None:
         if size == "e2e":
             result = run_end_to_end(int(batch), int(beams), args.dtype, args.repeats, args.device)
         else:
-            result = run_config(size, int(batch), int(beams), args.dtype, args.repeats, args.device)
+            result = run_config(size, int(batch), int(beams), args.dtype, args.repeats, args.device, args.quantize)
         print(json.dumps(result))
         return
 
     def one(size: str, batch: int, beams: int) -> dict:
         command = [sys.executable, __file__, "--one", f"{size},{batch},{beams}", "--dtype", args.dtype,
-                   "--repeats", str(args.repeats), "--device", args.device]
+                   "--repeats", str(args.repeats), "--device", args.device] + (
+                       ["--quantize", args.quantize] if args.quantize else [])
         return json.loads(subprocess.run(command, capture_output=True, text=True, check=True).stdout.splitlines()[-1])
 
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, dtype {args.dtype}, device {args.device}")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, dtype {args.dtype}, device {args.device}, "
+          f"quantize {args.quantize}")
     for size in args.sizes:
         if size == "e2e":
             for beams in (1, 2):

@@ -11,6 +11,7 @@ from .embed import embed_files, write_embeddings
 from .evaluation.commands import add_evaluate_parser
 from .evaluation.errors import EvaluationError
 from .infer import FORMATS, ResultWriter, run
+from .quantization import add_quantize_argument
 from .loading import RELEASED_BASE_MODEL, RELEASED_MODEL, WeightsUnavailableError, load_for_inference
 from pipeline_naturelm import DEFAULT_QUERY
 
@@ -28,7 +29,7 @@ def _load(args: argparse.Namespace):
         print("SMOKE MODE: a tiny random NatureLM model, not the released weights; answers are meaningless.",
               file=sys.stderr)
     return load_for_inference(
-        args.model, args.base_model, DTYPES[args.dtype], args.merging_alpha, args.smoke, args.device
+        args.model, args.base_model, DTYPES[args.dtype], args.merging_alpha, args.smoke, args.device, args.quantize
     )
 
 
@@ -85,6 +86,7 @@ def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--merging-alpha", type=float, default=None, help="LoRA scale factor (default: the model's)")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, mps ...")
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="bf16")
+    add_quantize_argument(parser)
     parser.add_argument("--smoke", action="store_true",
                         help="run on a tiny random model instead of the released weights (pipeline check only)")
 

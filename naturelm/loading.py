@@ -90,14 +90,20 @@ def load_for_inference(
     merging_alpha: float | None = None,
     smoke: bool = False,
     device: str | torch.device = "cpu",
+    quantize: str | None = None,
 ) -> tuple[NatureLMForConditionalGeneration, NatureLMProcessor]:
     """`load_model` set up as the command-line tools run inference: the LoRA adapter merged, the model on `device`,
-    and on CPU freed memory kept mapped and the audio encoder in fp32 where bf16 is not native."""
+    and on CPU freed memory kept mapped and the audio encoder in fp32 where bf16 is not native. `quantize="int8"`
+    then replaces the language model's Linears by int8 ones (`naturelm.quantization`; CPU only, opt-in)."""
     if torch.device(device).type == "cpu":
         keep_freed_memory_mapped()
     loaded, processor = load_model(model, base_model, dtype, merging_alpha, smoke, merge_adapter=True)
     loaded = loaded.to(device)
     audio_encoder_to_fp32_without_native_bf16(loaded)
+    if quantize is not None:
+        from .quantization import quantize_language_model
+
+        quantize_language_model(loaded, quantize)
     return loaded, processor
 
 

@@ -6,6 +6,8 @@ import json
 import sys
 from pathlib import Path
 
+from ..quantization import add_quantize_argument
+
 
 PREDICTIONS_FILE = "predictions.jsonl"
 METRICS_FILE = "metrics.json"
@@ -68,7 +70,7 @@ def _beans_zero(args: argparse.Namespace) -> None:
         _log("SMOKE MODE: a tiny random NatureLM model, not the released weights; answers are meaningless.")
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     model, processor = load_for_inference(
-        args.model, args.base_model, DTYPES[args.dtype], args.merging_alpha, args.smoke, device
+        args.model, args.base_model, DTYPES[args.dtype], args.merging_alpha, args.smoke, device, args.quantize
     )
     output_dir.mkdir(parents=True, exist_ok=True)
     summary = run_beans_zero(
@@ -132,6 +134,7 @@ def add_evaluate_parser(commands: argparse._SubParsersAction) -> None:
                      help="converted folder, original checkpoint folder or hub id (default: the released model)")
     run.add_argument("--base-model", default=RELEASED_BASE_MODEL, help="base Llama for original checkpoints")
     run.add_argument("--dtype", choices=sorted(DTYPES), default="bf16")
+    add_quantize_argument(run)
     run.add_argument("--merging-alpha", type=float, default=None)
     run.add_argument("--device", help="torch device (default: cuda when available, else cpu)")
     run.add_argument("--batch-size", type=int, default=8)

@@ -1,0 +1,90 @@
+"""`--quantize int8`: which layers become int8, how far the outputs move, and the doors that take the option."""
+
+import copy
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+from torch import nn
+
+from audio_fixture import num_windows
+from naturelm.loading import load_for_inference
+from naturelm.quantization import Int8Linear, quantize_language_model
+from naturelm.testing_utils import tiny_model_and_processor
+from pipeline_naturelm import DEFAULT_QUERY, build_prompt
+
+
+def _relative_error(approximation: torch.Tensor, exact: torch.Tensor) -> float:
+    return float((approximation.float() - exact.float()).norm() / exact.float().norm())
+
+
+def test_int8_linear_is_a_close_int8_copy_that_keeps_the_activation_dtype():
+    torch.manual_seed(0)
+    linear = nn.Linear(96, 40)
+    quantized = Int8Linear(linear)
+    hidden = torch.randn(7, 3, 96)
+    with torch.no_grad():
+        exact, approximation = linear(hidden), quantized(hidden)
+    assert quantized.quantized.weight().dtype == torch.qint8
+    assert approximation.shape == exact.shape
+    assert 0 < _relative_error(approximation, exact) < 0.03
+    assert quantized(hidden.bfloat16()).dtype == torch.bfloat16
+
+
+def test_language_model_linears_become_int8_and_the_audio_side_stays():
+    model, _ = tiny_model_and_processor()
+    model.merge_adapter_into_weights()
+    linears = [name for name, m in model.model.language_model.named_modules() if type(m) is nn.Linear]
+    audio_linears = [name for name, m in model.named_modules() if type(m) is nn.Linear and "language_model" not in name
+                     and name != "lm_head"]
+
+    assert quantize_language_model(model) == len(linears) + 1
+    assert isinstance(model.lm_head, Int8Linear)
+    assert not any(type(m) is nn.Linear for m in model.model.language_model.modules())
+    assert audio_linears == [name for name, m in model.named_modules() if type(m) is nn.Linear]
+    # what is left of the language model as parameters: embeddings and norms, no projection
+    assert all(p.dim() == 1 or "embed_tokens" in name for name, p in model.model.language_model.named_parameters())
+
+
+def test_quantizing_refuses_an_unmerged_adapter_a_gpu_model_and_unknown_methods():
+    model, _ = tiny_model_and_processor()
+    with pytest.raises(ValueError, match="Merge the LoRA adapter"):
+        quantize_language_model(model)
+    model.merge_adapter_into_weights()
+    with pytest.raises(ValueError, match="choose one of int8"):
+        quantize_language_model(model, "int4")
+    with pytest.raises(ValueError, match="CPU int8 kernels"):
+        quantize_language_model(copy.deepcopy(model).to("meta"))
+
+
+def test_int8_logits_stay_close_to_full_precision(tiny_model_dir, audio_recordings):
+    """The parity model on real audio: the int8 model's logits, teacher-forced on the full-precision model's own
+    answer, stay within a few percent of it (the benchmark reports the greedy agreement; here it is bounded)."""
+    from audio_naturelm import read_audio
+
+    exact, processor = load_for_inference(str(tiny_model_dir), dtype=torch.float32)
+    quantized, _ = load_for_inference(str(tiny_model_dir), dtype=torch.float32, quantize="int8")
+    prompt = build_prompt(processor, DEFAULT_QUERY)
+    clips = [read_audio(r.path)[: 16000 * 10] for r in audio_recordings[:3]]
+    inputs = processor(text=[prompt] * len(clips), audio=clips, sampling_rate=16000, return_tensors="pt",
+                       padding=True)
+    with torch.inference_mode():
+        answer = exact.generate(**inputs, max_new_tokens=8, min_new_tokens=8, num_beams=1, do_sample=False)
+        new_tokens = torch.ones_like(answer[:, inputs["input_ids"].shape[1]:])
+        forced = {**inputs, "input_ids": answer, "attention_mask": torch.cat([inputs["attention_mask"], new_tokens], 1)}
+        reference, approximation = exact(**forced).logits, quantized(**forced).logits
+    assert 0 < _relative_error(approximation, reference) < 0.1
+
+
+def test_infer_takes_quantize(audio_recordings, tmp_path):
+    output = tmp_path / "rows.jsonl"
+    command = [sys.executable, "-m", "naturelm.cli", "infer", str(audio_recordings[0].path), "--smoke",
+               "--quantize", "int8", "--num-beams", "1", "--max-new-tokens", "4", "--no-progress",
+               "--output", str(output)]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    rows = [json.loads(line) for line in output.read_text().splitlines()]
+    expected = num_windows(audio_recordings[0].decoded_seconds, 10.0, 10.0)
+    assert len(rows) == expected and all(isinstance(r["text"], str) for r in rows)
