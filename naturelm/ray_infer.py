@@ -211,24 +211,37 @@ def run_ray(
     )
     names = {str(path): path for path in todo}
     states: dict[str, _File] = {}
-    for row in dataset.iter_rows():
-        path = row["path"]
-        if path not in names:  # finished already: a repeat from a retried task
-            continue
-        state = states.setdefault(path, _File())
-        if row["kind"] == END:
-            state.count, state.error = int(row["number"]), row["error"] or None
-        elif int(row["number"]) not in state.rows:
-            answer = json.loads(row["row"])
-            state.rows[int(row["number"])] = answer
-            tracker.answered(answer["end"] - answer["start"])
-        if state.finished:
-            rows = [] if state.error else [state.rows[n] for n in range(state.count)]
-            tracker.write_file(names.pop(path), rows, state.error)
-            del states[path]
+    for block in dataset.iter_batches(batch_size=None, batch_format="numpy"):  # block by block, as they finish
+        answered = 0.0
+        for path, kind, number, error, answer in zip(block["path"], block["kind"], block["number"], block["error"],
+                                                     block["row"]):
+            if path not in names:  # finished already: a repeat from a retried task
+                continue
+            state = states.setdefault(path, _File())
+            if kind == END:
+                state.count, state.error = int(number), str(error) or None
+            elif int(number) not in state.rows:
+                state.rows[int(number)] = row = json.loads(answer)
+                answered += row["end"] - row["start"]
+            if state.finished:
+                rows = [] if state.error else [state.rows[n] for n in range(state.count)]
+                tracker.write_file(names.pop(path), rows, state.error)
+                del states[path]
+        tracker.answered(answered)
     if names:
         raise RuntimeError(f"The Ray run ended without finishing {len(names)} files: {', '.join(sorted(names))}")
     return tracker.close()
 
 
-__all__ = ["ModelActor", "RayResources", "RayUnavailableError", "connect", "import_ray", "list_audio_files", "read_file", "run_ray"]
+__all__ = [
+    "ModelActor",
+    "RayResources",
+    "RayUnavailableError",
+    "WindowSettings",
+    "check_resources",
+    "connect",
+    "import_ray",
+    "list_audio_files",
+    "read_file",
+    "run_ray",
+]
