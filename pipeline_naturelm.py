@@ -216,6 +216,25 @@ class RecordingResult:
     error: str | None = None
 
 
+def read_windows(recording: Recording) -> Iterator[AudioWindow | str]:
+    """Decodes a recording into its windows; a recording that cannot be read ends with the reason, as a string (the
+    windows before it are then to be dropped). Whatever a broken file raises, it must not end the run."""
+    try:
+        for start, end, samples in recording.windows():
+            yield AudioWindow(start, end, samples, recording.prompt)
+    except AudioError as reason:
+        yield str(reason)
+    except Exception as reason:
+        yield f"cannot be read ({type(reason).__name__}: {reason})"
+
+
+def answer_windows(model, processor, task: Task, windows: list[AudioWindow]) -> list[dict]:
+    """One batch of windows through `task`: a row per window, its `start` and `end` (s) and the task's fields."""
+    with torch.inference_mode():
+        outputs = task(model, processor, windows)
+    return [{"start": round(w.start, 6), "end": round(w.end, 6), **output} for w, output in zip(windows, outputs)]
+
+
 _DONE = object()
 
 
@@ -232,15 +251,13 @@ def _read_ahead(recordings: Iterable[Recording], out: queue.Queue, stop: threadi
 
     for index, recording in enumerate(recordings):
         error = None
-        try:
-            for start, end, samples in recording.windows():
-                put((index, recording, AudioWindow(start, end, samples, recording.prompt)))
-                if stop.is_set():
-                    return
-        except AudioError as reason:
-            error = str(reason)
-        except Exception as reason:  # whatever a broken file raises, it must not end the run
-            error = f"cannot be read ({type(reason).__name__}: {reason})"
+        for item in read_windows(recording):
+            if isinstance(item, str):
+                error = item
+                break
+            put((index, recording, item))
+            if stop.is_set():
+                return
         put((index, recording, error))
     put(_DONE)
 
@@ -280,10 +297,8 @@ def run_recordings(
         if not pending:
             return
         windows = [window for _, _, window in pending]
-        with torch.inference_mode():
-            outputs = task(model, processor, windows)
-        for (state, number, window), output in zip(pending, outputs):
-            state.rows[number] = {"start": round(window.start, 6), "end": round(window.end, 6), **output}
+        for (state, number, _), row in zip(pending, answer_windows(model, processor, task, windows)):
+            state.rows[number] = row
         pending.clear()
         if on_batch is not None:
             on_batch(windows)
@@ -415,10 +430,12 @@ __all__ = [
     "NatureLMPipeline",
     "Recording",
     "RecordingResult",
+    "answer_windows",
     "build_prompt",
     "embedding_task",
     "generation_task",
     "label_task",
     "rank_labels",
+    "read_windows",
     "run_recordings",
 ]

@@ -13,6 +13,7 @@ from .evaluation.errors import EvaluationError
 from .infer import FORMATS, ResultWriter, run
 from .quantization import add_quantize_argument
 from .loading import RELEASED_BASE_MODEL, RELEASED_MODEL, WeightsUnavailableError, load_for_inference
+from .ray_infer import RayResources, RayUnavailableError, connect, import_ray, list_audio_files, run_ray
 from pipeline_naturelm import DEFAULT_QUERY
 
 
@@ -45,19 +46,57 @@ def _labels(value: str | None) -> list[str] | None:
 
 
 def _infer(args: argparse.Namespace) -> int:
+    if args.ray is not None:
+        return _infer_on_ray(args)
     files = find_audio_files(args.inputs)
-    fmt = args.format or {".csv": "csv", ".txt": "raven", ".tsv": "raven"}.get(
-        Path(args.output).suffix.lower() if args.output else "", "jsonl")
     labels = _labels(args.labels)
-    writer = ResultWriter(Path(args.output) if args.output else None, fmt, args.resume, args.overwrite)
+    writer = _writer(args)
     model, processor = _load(args)
-    # decoding settings not given here come from the checkpoint's generation config (the original's: 2 beams, ...)
-    decoding = {name: getattr(args, name) for name in ("num_beams", "max_new_tokens", "min_new_tokens")
-                if getattr(args, name) is not None}
     try:
         summary = run(
             model, processor, files, writer, args.query, labels, args.window, args.hop, args.batch_size,
-            progress=not args.no_progress, **decoding,
+            progress=not args.no_progress, **_decoding(args),
+        )
+    finally:
+        writer.close()
+    print(f"naturelm: {summary}", file=sys.stderr)
+    return 1 if summary.failed else 0
+
+
+def _writer(args: argparse.Namespace) -> ResultWriter:
+    fmt = args.format or {".csv": "csv", ".txt": "raven", ".tsv": "raven"}.get(
+        Path(args.output).suffix.lower() if args.output else "", "jsonl")
+    return ResultWriter(Path(args.output) if args.output else None, fmt, args.resume, args.overwrite)
+
+
+def _decoding(args: argparse.Namespace) -> dict:
+    """Decoding settings given on the command line; the others come from the checkpoint's generation config (the
+    original's: 2 beams, ...)."""
+    return {name: getattr(args, name) for name in ("num_beams", "max_new_tokens", "min_new_tokens")
+            if getattr(args, name) is not None}
+
+
+def _infer_on_ray(args: argparse.Namespace) -> int:
+    import_ray()  # before anything is written: a clear error if Ray is not installed
+    if args.ray and Path(args.ray).exists():
+        raise ValueError(f"--ray takes a cluster address, not {args.ray!r}: put --ray after the inputs, or write "
+                         "--ray=ADDRESS.")
+    if args.ray_gpus_per_actor > 0 and args.device == "cpu":
+        raise ValueError("--ray-gpus-per-actor needs --device cuda (each actor sees only its own GPUs).")
+    files = list_audio_files(args.inputs)
+    labels = _labels(args.labels)
+    writer = _writer(args)
+    if args.smoke:
+        print("SMOKE MODE: a tiny random NatureLM model, not the released weights; answers are meaningless.",
+              file=sys.stderr)
+    load_kwargs = dict(model=args.model, base_model=args.base_model, dtype=DTYPES[args.dtype],
+                       merging_alpha=args.merging_alpha, smoke=args.smoke, device=args.device)
+    resources = RayResources(args.ray_actors, args.ray_cpus_per_actor, args.ray_gpus_per_actor)
+    try:
+        connect(args.ray or None)
+        summary = run_ray(
+            files, writer, load_kwargs, args.query, labels, args.window, args.hop, args.batch_size, resources,
+            progress=not args.no_progress, **_decoding(args),
         )
     finally:
         writer.close()
@@ -120,6 +159,14 @@ def build_parser() -> argparse.ArgumentParser:
     infer.add_argument("--resume", action="store_true", help="continue an interrupted run into the same --output")
     infer.add_argument("--overwrite", action="store_true", help="replace an existing --output")
     infer.add_argument("--no-progress", action="store_true", help="no progress bar")
+    infer.add_argument("--ray", nargs="?", const="", metavar="ADDRESS",
+                       help="run on a Ray cluster (auto, host:6379, ray://host:10001; none: start a local Ray); "
+                       "needs pip install 'naturelm[ray]'")
+    infer.add_argument("--ray-actors", type=int, default=1, help="model actors (each loads the model once)")
+    infer.add_argument("--ray-cpus-per-actor", type=float, default=1.0,
+                       help="CPUs per actor (fractions such as 0.5 leave CPUs for the read tasks on small machines)")
+    infer.add_argument("--ray-gpus-per-actor", type=float, default=0.0,
+                       help="GPUs per actor (1: one actor per GPU; fractions share a GPU); with --device cuda")
     infer.set_defaults(func=_infer)
 
     embed = commands.add_parser("embed", help="per-window audio embeddings (LLM space and mean-pooled BEATs)")
@@ -135,7 +182,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args) or 0
-    except (WeightsUnavailableError, ConversionError, EvaluationError, FileExistsError, ValueError) as error:
+    except (WeightsUnavailableError, ConversionError, EvaluationError, FileExistsError, ValueError,
+            RayUnavailableError) as error:
         print(f"naturelm: {error}", file=sys.stderr)
         return 2
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from audio_naturelm import AudioError, audio_info
-from pipeline_naturelm import Recording, build_prompt, generation_task, label_task, run_recordings
+from pipeline_naturelm import Recording, Task, build_prompt, generation_task, label_task, run_recordings
 
 FORMATS = ("jsonl", "csv", "raven")
 RAVEN_COLUMNS = ["Selection", "View", "Channel", "Begin Time (s)", "End Time (s)", "Low Freq (Hz)",
@@ -77,7 +77,7 @@ class ResultWriter:
         if self.handle is not sys.stdout:
             os.fsync(self.handle.fileno())
 
-    def write_file(self, path: Path, rows: list[dict], error: str | None) -> None:
+    def write_file(self, path: Path | str, rows: list[dict], error: str | None) -> None:
         records = table_records(self.fmt, path, rows, error, first_selection=self.selection + 1)
         if self.fmt == "raven":
             self.selection += len(records)
@@ -100,9 +100,9 @@ def table_header(fmt: str) -> list[list[str]]:
     return {"csv": [CSV_COLUMNS], "raven": [RAVEN_COLUMNS]}.get(fmt, [])
 
 
-def table_records(fmt: str, path: Path, rows: list[dict], error: str | None, first_selection: int = 1) -> list:
+def table_records(fmt: str, path: Path | str, rows: list[dict], error: str | None, first_selection: int = 1) -> list:
     """One file's records in `fmt`: a dict per window (jsonl) or a list of cells (csv, raven, numbered from
-    `first_selection`); a bad file is one record that carries its `error`."""
+    `first_selection`); a bad file is one record that carries its `error`. `path` may be a URL (Ray runs)."""
     if fmt == "jsonl":
         return [{"file": str(path), "error": error}] if error else [{"file": str(path), **r} for r in rows]
     if fmt == "csv":
@@ -111,7 +111,7 @@ def table_records(fmt: str, path: Path, rows: list[dict], error: str | None, fir
             for r in rows]
     if fmt == "raven":
         return [
-            [selection, "Spectrogram 1", 1, r["start"], r["end"], 0, 8000, path.name,
+            [selection, "Spectrogram 1", 1, r["start"], r["end"], 0, 8000, Path(path).name,
              f"ERROR: {error}" if error else _answer(r)]
             for selection, r in enumerate(rows or [{"start": 0.0, "end": 0.0}], start=first_selection)
         ]
@@ -141,7 +141,7 @@ class MemoryWriter:
         self.done: set[str] = set()
         self.results: dict[str, tuple[list[dict], str | None]] = {}
 
-    def write_file(self, path: Path, rows: list[dict], error: str | None) -> None:
+    def write_file(self, path: Path | str, rows: list[dict], error: str | None) -> None:
         self.results[str(path)] = (rows, error)
 
     def close(self) -> None:
@@ -154,6 +154,43 @@ def _answer(row: dict) -> str:
 
 def _probabilities(row: dict) -> dict:
     return dict(zip(row["labels"], row["scores"]))
+
+
+def make_task(labels: list[str] | None = None, **generate_kwargs) -> Task:
+    """What `naturelm infer` asks of each window: scores over `labels` when given, else a generated answer."""
+    return label_task(labels) if labels else generation_task(**generate_kwargs)
+
+
+def pending_files(files: list, writer: ResultWriter | MemoryWriter) -> list:
+    """The files a run still has to do: those the writer has not finished (`--resume`)."""
+    return [f for f in files if str(f) not in writer.done]
+
+
+class RunProgress:
+    """The progress bar (audio seconds) and the `Summary` of a run, fed as windows are answered and as each finished
+    file goes to the writer; shared by local and Ray runs so both report alike."""
+
+    def __init__(self, files: list, writer: ResultWriter | MemoryWriter, progress: bool = True):
+        self.writer, self.summary, self.started = writer, Summary(), time.perf_counter()
+        durations = [_duration(f) for f in files]
+        total = None if None in durations else round(sum(durations), 1)
+        self.bar = tqdm(total=total, unit="audio-s", disable=not progress, file=sys.stderr)
+
+    def answered(self, seconds: float) -> None:
+        self.bar.update(round(seconds, 1))
+
+    def write_file(self, path, rows: list[dict], error: str | None) -> None:
+        self.writer.write_file(path, rows, error)
+        self.summary.files += 1
+        self.summary.failed += error is not None
+        if error is None:
+            self.summary.windows += len(rows)
+            self.summary.audio_seconds += rows[-1]["end"]
+
+    def close(self) -> Summary:
+        self.bar.close()
+        self.summary.seconds = time.perf_counter() - self.started
+        return self.summary
 
 
 def run(
@@ -173,25 +210,20 @@ def run(
     across files) and writes each file's rows once all its windows are answered (in order), or a failed row when the
     file is bad."""
     prompt = build_prompt(processor, query)
-    task = label_task(labels) if labels else generation_task(**generate_kwargs)
-    todo = [f for f in files if str(f) not in writer.done]
-    summary, started = Summary(), time.perf_counter()
-    bar = tqdm(total=round(sum(_duration(f) for f in todo), 1), unit="audio-s", disable=not progress, file=sys.stderr)
+    task = make_task(labels, **generate_kwargs)
+    todo = pending_files(files, writer)
+    tracker = RunProgress(todo, writer, progress)
     recordings = (Recording.from_file(path, window_seconds, hop_seconds, prompt) for path in todo)
-    on_batch = lambda windows: bar.update(round(sum(w.end - w.start for w in windows), 1))  # noqa: E731
+    on_batch = lambda windows: tracker.answered(sum(w.end - w.start for w in windows))  # noqa: E731
     for result in run_recordings(model, processor, recordings, task, batch_size, on_batch=on_batch):
-        writer.write_file(todo[result.index], result.rows, result.error)
-        summary.files += 1
-        summary.failed += result.error is not None
-        if result.error is None:
-            summary.windows += len(result.rows)
-            summary.audio_seconds += result.rows[-1]["end"]
-    bar.close()
-    summary.seconds = time.perf_counter() - started
-    return summary
+        tracker.write_file(todo[result.index], result.rows, result.error)
+    return tracker.close()
 
 
-def _duration(path: Path) -> float:
+def _duration(path: Path | str) -> float | None:
+    """Seconds of a local file (0 for a bad one); None for a URL, whose length is only known once it is fetched."""
+    if isinstance(path, str) and "://" in path:
+        return None
     try:
         frames, rate = audio_info(path)
     except AudioError:

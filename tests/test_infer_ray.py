@@ -1,0 +1,176 @@
+"""`naturelm infer --ray` on a local Ray: the rows of a local run, exactly once, through actor and driver kills."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import psutil
+import pytest
+
+# The same greedy decoding for every run here, so Ray rows and local rows must be equal.
+DECODING = ["--smoke", "--num-beams", "1", "--max-new-tokens", "20", "--min-new-tokens", "20", "--batch-size", "1",
+            "--no-progress"]
+RAY = ["--ray-cpus-per-actor", "0.5"]  # two CPUs: half a CPU for the actor leaves the read tasks room
+
+
+def _command(*args: str) -> list[str]:
+    return [sys.executable, "-m", "naturelm.cli", *args]
+
+
+def _env(tmp_path) -> dict:
+    return {**os.environ, "HF_HOME": str(tmp_path / "hf_home"), "HF_HUB_OFFLINE": "1"}
+
+
+def _rows(path) -> list[str]:
+    return sorted(path.read_text().splitlines())
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """One local Ray for the module (the CLI runs join it by address), shut down after."""
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield ray.get_runtime_context().gcs_address
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def folder(audio_dir, tmp_path_factory):
+    """The shared recordings plus bad files: text renamed .wav, an empty .mp3, a directory named .wav."""
+    folder = tmp_path_factory.mktemp("ray_recordings")
+    for path in sorted(audio_dir.iterdir()):
+        shutil.copy(path, folder / path.name)
+    (folder / "text.wav").write_text("this is not audio\n" * 100)
+    (folder / "empty.mp3").write_bytes(b"")
+    (folder / "directory.wav").mkdir()
+    return folder
+
+
+@pytest.fixture(scope="module")
+def local_run(folder, tmp_path_factory):
+    """The rows and summary line of the same run without Ray."""
+    tmp_path = tmp_path_factory.mktemp("local_run")
+    output = tmp_path / "local.jsonl"
+    done = subprocess.run(_command("infer", str(folder), *DECODING, "--output", str(output)), env=_env(tmp_path),
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 1, done.stderr  # the bad files failed
+    return _rows(output), _counts(done.stderr)
+
+
+def _counts(stderr: str) -> str:
+    """"N files, W windows, F failed" from the summary line."""
+    summary = [line for line in stderr.splitlines() if line.startswith("naturelm: ")][-1]
+    return ", ".join(summary.removeprefix("naturelm: ").split(", ")[:3])
+
+
+def _journal(output) -> list[str]:
+    journal = output.with_name(output.name + ".progress")
+    return journal.read_text().splitlines() if journal.exists() else []
+
+
+def _wait_for_finished_files(process, output, count: int = 1) -> None:
+    deadline = time.time() + 300
+    while time.time() < deadline and process.poll() is None and len(_journal(output)) < count:
+        time.sleep(0.01)
+
+
+def _model_actor_processes() -> list[psutil.Process]:
+    found = []
+    for process in psutil.process_iter(["cmdline"]):
+        if any("ModelActor" in part for part in process.info["cmdline"] or []):
+            found.append(process)
+    return found
+
+
+def test_ray_run_gives_the_rows_of_a_local_run(cluster, folder, local_run, tmp_path):
+    output = tmp_path / "ray.jsonl"
+    done = subprocess.run(_command("infer", str(folder), *DECODING, *RAY, "--ray", cluster, "--output", str(output)),
+                          env=_env(tmp_path), capture_output=True, text=True, timeout=600)
+    assert done.returncode == 1, done.stderr
+    rows, counts = local_run
+    assert _rows(output) == rows
+    assert _counts(done.stderr) == counts
+    failed = {os.path.basename(json.loads(r)["file"]) for r in rows if "error" in json.loads(r)}
+    assert failed == {"text.wav", "empty.mp3", "directory.wav"}
+
+
+def test_a_killed_actor_is_restarted_and_every_window_written_once(cluster, folder, local_run, tmp_path):
+    output = tmp_path / "ray.jsonl"
+    process = subprocess.Popen(_command("infer", str(folder), *DECODING, *RAY, "--ray", cluster, "--output",
+                                        str(output)), env=_env(tmp_path), stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE, text=True)
+    _wait_for_finished_files(process, output)
+    actors = _model_actor_processes()
+    assert len(actors) == 1, actors
+    os.kill(actors[0].pid, signal.SIGKILL)
+    finished_at_kill = len(_journal(output))
+    files = len(list(folder.iterdir()))
+    assert 1 <= finished_at_kill < files, "the kill must land mid-run for this test to mean anything"
+    _, stderr = process.communicate(timeout=600)
+    assert process.returncode == 1, stderr
+    rows, counts = local_run
+    assert _rows(output) == rows
+    assert _counts(stderr) == counts
+
+
+def test_a_killed_driver_resumes_without_duplicate_or_missing_rows(cluster, folder, local_run, tmp_path):
+    output = tmp_path / "ray.jsonl"
+    args = _command("infer", str(folder), *DECODING, *RAY, "--ray", cluster, "--output", str(output))
+    process = subprocess.Popen(args, env=_env(tmp_path), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    _wait_for_finished_files(process, output)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    finished = len(_journal(output))
+    files = len(list(folder.iterdir()))
+    assert 1 <= finished < files, "the kill must land mid-run for this test to mean anything"
+
+    resumed = subprocess.run([*args, "--resume"], env=_env(tmp_path), capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 1, resumed.stderr
+    assert f"naturelm: {files - finished} files" in resumed.stderr  # only the rest was run
+    assert _rows(output) == local_run[0]
+    assert len(_journal(output)) == files
+
+
+def test_actors_that_leave_no_cpu_for_reading_are_refused(cluster):
+    from naturelm.ray_infer import RayResources, check_resources
+
+    with pytest.raises(ValueError, match="leave no CPU for the read tasks"):
+        check_resources(RayResources(actors=2, cpus_per_actor=1.0))
+    with pytest.raises(ValueError, match="GPUs"):
+        check_resources(RayResources(actors=1, cpus_per_actor=0.5, gpus_per_actor=1.0))
+    check_resources(RayResources(actors=2, cpus_per_actor=0.5))
+
+
+def test_urls_are_listed_and_read_as_their_local_files(folder):
+    """A filesystem URL (file:// here; s3://, gs:// the same way through pyarrow) lists the same audio files and
+    reads to the same windows as the local path."""
+    from audio_naturelm import find_audio_files
+    from naturelm.ray_infer import WindowSettings, list_audio_files, read_file
+
+    local = [p for p in find_audio_files([str(folder)]) if p.is_file()]  # a URL listing keeps files only
+    urls = list_audio_files([f"file://{folder}"])
+    assert urls == [f"file://{p}" for p in local]
+    settings = WindowSettings(10.0, 5.0)
+    for url, path in zip(urls, local):
+        from_url = list(read_file({"path": url}, settings))
+        from_path = list(read_file({"path": str(path)}, settings))
+        assert [{**r, "path": None} for r in from_url] == [{**r, "path": None} for r in from_path]
+        assert from_url[-1]["kind"] == "end" and from_url[-1]["number"] == len(from_url) - 1
+
+
+def test_without_ray_installed_the_error_says_how_to_install_it(folder, tmp_path):
+    script = ("import sys; sys.modules['ray'] = None\n"  # as if Ray were not installed
+              "import naturelm.cli\n"
+              "sys.exit(naturelm.cli.main(sys.argv[1:]))")
+    done = subprocess.run([sys.executable, "-c", script, "infer", str(folder), "--smoke", "--ray"],
+                          env=_env(tmp_path), capture_output=True, text=True, timeout=600)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert "pip install 'naturelm[ray]'" in done.stderr
+    imported = subprocess.run([sys.executable, "-c", "import sys, naturelm.cli; print('ray' in sys.modules)"],
+                              env=_env(tmp_path), capture_output=True, text=True, timeout=600)
+    assert imported.stdout.strip() == "False", imported.stderr  # the base install does not need Ray
