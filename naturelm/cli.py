@@ -90,7 +90,7 @@ def _infer_on_ray(args: argparse.Namespace) -> int:
         print("SMOKE MODE: a tiny random NatureLM model, not the released weights; answers are meaningless.",
               file=sys.stderr)
     load_kwargs = dict(model=args.model, base_model=args.base_model, dtype=DTYPES[args.dtype],
-                       merging_alpha=args.merging_alpha, smoke=args.smoke, device=args.device)
+                       merging_alpha=args.merging_alpha, smoke=args.smoke, device=args.device, quantize=args.quantize)
     resources = RayResources(args.ray_actors, args.ray_cpus_per_actor, args.ray_gpus_per_actor)
     try:
         connect(args.ray or None)
