@@ -217,7 +217,10 @@ def main() -> None:
         command = [sys.executable, __file__, "--one", f"{size},{batch},{beams}", "--dtype", args.dtype,
                    "--repeats", str(args.repeats), "--device", args.device] + (
                        ["--quantize", args.quantize] if args.quantize else [])
-        return json.loads(subprocess.run(command, capture_output=True, text=True, check=True).stdout.splitlines()[-1])
+        done = subprocess.run(command, capture_output=True, text=True)
+        if done.returncode:  # show why the configuration failed, not only that it did
+            sys.exit(f"{' '.join(command[1:])} failed:\n{done.stderr[-4000:]}")
+        return json.loads(done.stdout.splitlines()[-1])
 
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, dtype {args.dtype}, device {args.device}, "
           f"quantize {args.quantize}")

@@ -3,6 +3,7 @@ BEANS-Zero."""
 
 import argparse
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from audio_naturelm import find_audio_files
@@ -10,7 +11,7 @@ from .convert import DTYPES, ConversionError, convert
 from .embed import embed_files, write_embeddings
 from .evaluation.commands import add_evaluate_parser
 from .evaluation.errors import EvaluationError
-from .infer import FORMATS, ResultWriter, run
+from .infer import FORMATS, ResultWriter, Summary, run
 from .quantization import add_quantize_argument
 from .loading import RELEASED_BASE_MODEL, RELEASED_MODEL, WeightsUnavailableError, load_for_inference
 from .ray_infer import RayResources, RayUnavailableError, connect, import_ray, list_audio_files, run_ray
@@ -25,13 +26,18 @@ def _convert(args: argparse.Namespace) -> int:
     return 0
 
 
-def _load(args: argparse.Namespace):
+def _load_kwargs(args: argparse.Namespace) -> dict:
+    """`load_for_inference`'s arguments from the command line (Ray actors take them as they are), after the smoke
+    notice: a reader of the output must know when the answers come from random weights."""
     if args.smoke:
         print("SMOKE MODE: a tiny random NatureLM model, not the released weights; answers are meaningless.",
               file=sys.stderr)
-    return load_for_inference(
-        args.model, args.base_model, DTYPES[args.dtype], args.merging_alpha, args.smoke, args.device, args.quantize
-    )
+    return dict(model=args.model, base_model=args.base_model, dtype=DTYPES[args.dtype],
+                merging_alpha=args.merging_alpha, smoke=args.smoke, device=args.device, quantize=args.quantize)
+
+
+def _load(args: argparse.Namespace):
+    return load_for_inference(**_load_kwargs(args))
 
 
 def _labels(value: str | None) -> list[str] | None:
@@ -52,11 +58,17 @@ def _infer(args: argparse.Namespace) -> int:
     labels = _labels(args.labels)
     writer = _writer(args)
     model, processor = _load(args)
+    return _write_run(writer, lambda: run(
+        model, processor, files, writer, args.query, labels, args.window, args.hop, args.batch_size,
+        progress=not args.no_progress, **_decoding(args),
+    ))
+
+
+def _write_run(writer: ResultWriter, start: Callable[[], Summary]) -> int:
+    """Runs a folder inference into `writer`, closes it whatever happens (what was written stays resumable) and
+    reports the summary; the exit status says whether any file failed."""
     try:
-        summary = run(
-            model, processor, files, writer, args.query, labels, args.window, args.hop, args.batch_size,
-            progress=not args.no_progress, **_decoding(args),
-        )
+        summary = start()
     finally:
         writer.close()
     print(f"naturelm: {summary}", file=sys.stderr)
@@ -86,22 +98,15 @@ def _infer_on_ray(args: argparse.Namespace) -> int:
     files = list_audio_files(args.inputs)
     labels = _labels(args.labels)
     writer = _writer(args)
-    if args.smoke:
-        print("SMOKE MODE: a tiny random NatureLM model, not the released weights; answers are meaningless.",
-              file=sys.stderr)
-    load_kwargs = dict(model=args.model, base_model=args.base_model, dtype=DTYPES[args.dtype],
-                       merging_alpha=args.merging_alpha, smoke=args.smoke, device=args.device, quantize=args.quantize)
+    load_kwargs = _load_kwargs(args)
     resources = RayResources(args.ray_actors, args.ray_cpus_per_actor, args.ray_gpus_per_actor)
-    try:
+
+    def start():
         connect(args.ray or None)
-        summary = run_ray(
-            files, writer, load_kwargs, args.query, labels, args.window, args.hop, args.batch_size, resources,
-            progress=not args.no_progress, **_decoding(args),
-        )
-    finally:
-        writer.close()
-    print(f"naturelm: {summary}", file=sys.stderr)
-    return 1 if summary.failed else 0
+        return run_ray(files, writer, load_kwargs, args.query, labels, args.window, args.hop, args.batch_size,
+                       resources, progress=not args.no_progress, **_decoding(args))
+
+    return _write_run(writer, start)
 
 
 def _embed(args: argparse.Namespace) -> int:
