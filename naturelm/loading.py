@@ -48,6 +48,18 @@ def keep_freed_memory_mapped() -> bool:
     return bool(libc.mallopt(m_mmap_max, 0)) and bool(libc.mallopt(m_trim_threshold, 2**31 - 1))
 
 
+def return_freed_memory() -> None:
+    """Hands the heap's free pages back to the system now (glibc's `malloc_trim`; elsewhere nothing to do).
+
+    Under `keep_freed_memory_mapped` nothing is ever returned, and a conversion that frees one large weight while
+    allocating a differently sized one (bf16 -> fp32 temporaries -> int8) leaves holes the next weight cannot use:
+    quantizing the 8B model that way grew past 24 GB. Trimming after each weight keeps the peak where it started."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
 def audio_encoder_to_fp32_without_native_bf16(model: NatureLMForConditionalGeneration) -> bool:
     """On a CPU without native bf16 (AVX512-BF16 or AMX), bf16 matrix products are emulated: 7x slower than fp32 on
     a 2-core AVX2 machine. There the audio encoder and projector (compute-bound, ~95M parameters, 0.4 GB in fp32)

@@ -14,6 +14,8 @@ import torch
 from torch import nn
 from torch.ao.nn.quantized.dynamic import Linear as DynamicQuantizedLinear
 
+from .loading import return_freed_memory
+
 QUANTIZATIONS = ("int8",)
 
 
@@ -43,6 +45,7 @@ def quantize_language_model(model, method: str = "int8") -> int:
     encoder and projector are left as they are: they are small (~95M parameters) and compute-bound on short inputs.
     Merge the LoRA adapter first (`load_for_inference` does): the adapter's own Linears would otherwise be quantized
     as separate products."""
+
     if method not in QUANTIZATIONS:
         raise ValueError(f"Unknown quantization {method!r}; choose one of {', '.join(QUANTIZATIONS)}.")
     if model.device.type != "cpu":
@@ -54,6 +57,7 @@ def quantize_language_model(model, method: str = "int8") -> int:
     targets.append((model, "lm_head"))
     for parent, name in targets:
         setattr(parent, name, Int8Linear(getattr(parent, name)))
+        return_freed_memory()  # the bf16 weight and the fp32 temporaries, before the next weight is converted
     return len(targets)
 
 
