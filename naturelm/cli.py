@@ -101,7 +101,7 @@ def _infer_on_ray(args: argparse.Namespace) -> int:
     load_kwargs = _load_kwargs(args)
     resources = RayResources(args.ray_actors, args.ray_cpus_per_actor, args.ray_gpus_per_actor)
 
-    def start():
+    def start() -> Summary:
         connect(args.ray or None)
         return run_ray(files, writer, load_kwargs, args.query, labels, args.window, args.hop, args.batch_size,
                        resources, progress=not args.no_progress, **_decoding(args))

@@ -2,6 +2,7 @@
 tiny random smoke-test model; fail with a readable message when weights cannot be had."""
 
 import ctypes
+import functools
 import json
 from pathlib import Path
 
@@ -31,6 +32,15 @@ def _how_to_get(model: str, reason: str) -> str:
     )
 
 
+@functools.cache
+def _glibc() -> ctypes.CDLL | None:
+    """glibc, for the allocator calls below; None elsewhere (macOS, musl), where there is nothing to tune."""
+    try:
+        return ctypes.CDLL("libc.so.6")
+    except OSError:
+        return None
+
+
 def keep_freed_memory_mapped() -> bool:
     """Makes glibc's malloc reuse freed memory instead of returning it to the system; returns whether it applied.
 
@@ -40,9 +50,8 @@ def keep_freed_memory_mapped() -> bool:
     blocks from the heap and never trimming it keeps those pages mapped, at the cost of holding the peak memory.
     Process-wide, so it is called by the command-line tools, not on import.
     """
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:  # not glibc (macOS, musl): nothing to tune
+    libc = _glibc()
+    if libc is None:
         return False
     m_trim_threshold, m_mmap_max = -1, -4  # from <malloc.h>
     return bool(libc.mallopt(m_mmap_max, 0)) and bool(libc.mallopt(m_trim_threshold, 2**31 - 1))
@@ -54,10 +63,8 @@ def return_freed_memory() -> None:
     Under `keep_freed_memory_mapped` nothing is ever returned, and a conversion that frees one large weight while
     allocating a differently sized one (bf16 -> fp32 temporaries -> int8) leaves holes the next weight cannot use:
     quantizing the 8B model that way grew past 24 GB. Trimming after each weight keeps the peak where it started."""
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
+    if _glibc() is not None:
+        _glibc().malloc_trim(0)
 
 
 def audio_encoder_to_fp32_without_native_bf16(model: NatureLMForConditionalGeneration) -> bool:

@@ -45,7 +45,6 @@ def quantize_language_model(model, method: str = "int8") -> int:
     encoder and projector are left as they are: they are small (~95M parameters) and compute-bound on short inputs.
     Merge the LoRA adapter first (`load_for_inference` does): the adapter's own Linears would otherwise be quantized
     as separate products."""
-
     if method not in QUANTIZATIONS:
         raise ValueError(f"Unknown quantization {method!r}; choose one of {', '.join(QUANTIZATIONS)}.")
     if model.device.type != "cpu":
