@@ -33,7 +33,7 @@ def _prompt(processor, query: str) -> str:
 def batch(tiny, clips):
     _, processor = tiny
     return processor(text=[_prompt(processor, "Which species?"), _prompt(processor, "Caption the audio, please.")],
-                     audio=clips[:2], sampling_rate=16000)
+                     audio=[clips[0], clips[-1]], sampling_rate=16000)  # one clip is enough
 
 
 @pytest.mark.parametrize("window_seconds, stride_seconds, num_query_tokens", [(0.333333, 0.333333, 1), (0.5, 0.25, 2)])

@@ -29,12 +29,12 @@ def tiny(tokenizer_dir):
 
 
 @pytest.fixture(scope="module")
-def resampled_file(audio_dir):
+def resampled_file(audio_recordings):
     """The shortest shared recording that is not at 16 kHz and has several channels if one has (the rate and the
     channel layout come from the fixture)."""
-    candidates = [p for p in sorted(audio_dir.iterdir()) if soundfile.info(p).samplerate != 16000]
+    candidates = [r for r in audio_recordings if r.sampling_rate != 16000]
     assert candidates, "the audio fixture needs a recording at another rate than 16 kHz"
-    return min(candidates, key=lambda p: (-soundfile.info(p).channels, soundfile.info(p).duration))
+    return min(candidates, key=lambda r: (-r.channels, r.header_seconds)).path
 
 
 def test_window_starts_keep_the_tail():
@@ -46,11 +46,11 @@ def test_window_starts_keep_the_tail():
 
 
 @pytest.mark.parametrize("window, hop", [(10.0, 10.0), (10.0, 3.0), (2.5, 4.0)])
-def test_streamed_windows_equal_the_windows_of_the_whole_file(audio_dir, monkeypatch, window, hop):
+def test_streamed_windows_equal_the_windows_of_the_whole_file(audio_recordings, monkeypatch, window, hop):
     import audio_naturelm
 
     monkeypatch.setattr(audio_naturelm, "BLOCK_SECONDS", 3.7)  # many blocks per file, windows across block edges
-    for path in sorted(audio_dir.iterdir()):
+    for path in (recording.path for recording in audio_recordings):
         whole = read_audio(path)
         streamed, expected = list(stream_windows(path, window, hop)), list(array_windows(whole, window, hop))
         assert [w[:2] for w in streamed] == [w[:2] for w in expected]
@@ -85,9 +85,10 @@ def test_pipeline_gives_the_same_rows_for_a_path_and_its_samples(resampled_file,
     assert by_path == pipe({"array": raw, "sampling_rate": rate}, **kwargs)["windows"]
 
 
-def _recordings(audio_dir, tmp_path, prompt):
+def _recordings(audio_recordings, tmp_path, prompt):
     """The shared recordings with bad files among them: an empty file, text named .wav, a file cut mid-stream."""
-    files = sorted(audio_dir.iterdir())
+    files = [recording.path for recording in audio_recordings]
+    assert len(files) >= 2, "the audio fixture needs two recordings, to put bad files between them"
     (tmp_path / "empty.wav").write_bytes(b"")
     (tmp_path / "text.wav").write_text("not audio")
     longest = max(files, key=lambda p: soundfile.info(p).frames)
@@ -96,15 +97,15 @@ def _recordings(audio_dir, tmp_path, prompt):
     data = (tmp_path / "cut.wav").read_bytes()
     (tmp_path / "cut.wav").write_bytes(data[: len(data) // 2])  # the header promises more than there is
     bad = [tmp_path / "empty.wav", tmp_path / "text.wav"]
-    paths = [files[0], *bad[:1], *files[1:3], bad[1], tmp_path / "cut.wav", files[3]]
+    paths = [files[0], bad[0], *files[1:-1], bad[1], tmp_path / "cut.wav", files[-1]]
     return paths, [Recording.from_file(p, 4.0, 3.0, prompt) for p in paths]
 
 
 @pytest.mark.parametrize("batch_size", [1, 3, 8])
-def test_results_come_in_order_with_failed_rows_whatever_the_batch(audio_dir, tmp_path, tiny, batch_size):
+def test_results_come_in_order_with_failed_rows_whatever_the_batch(audio_recordings, tmp_path, tiny, batch_size):
     model, processor = tiny
     prompt = build_prompt(processor, DEFAULT_QUERY)
-    paths, recordings = _recordings(audio_dir, tmp_path, prompt)
+    paths, recordings = _recordings(audio_recordings, tmp_path, prompt)
     task = generation_task(max_new_tokens=2, num_beams=1)
     results = list(run_recordings(model, processor, recordings, task, batch_size=batch_size, read_ahead=1))
     assert [r.key for r in results] == [str(p) for p in paths] and [r.index for r in results] == list(range(len(paths)))
@@ -117,7 +118,8 @@ def test_results_come_in_order_with_failed_rows_whatever_the_batch(audio_dir, tm
                 assert result.error is None
                 assert [(r["start"], r["end"]) for r in result.rows] == [
                     (round(s, 6), round(e, 6)) for s, e, _ in expected]
-    reference = list(run_recordings(model, processor, _recordings(audio_dir, tmp_path, prompt)[1], task, batch_size=1))
+    again = _recordings(audio_recordings, tmp_path, prompt)[1]
+    reference = list(run_recordings(model, processor, again, task, batch_size=1))
     assert [(r.rows, r.error) for r in results] == [(r.rows, r.error) for r in reference]
 
 

@@ -16,7 +16,6 @@ import soundfile
 import torch
 import torchaudio
 import torchaudio.compliance.kaldi as ta_kaldi
-from safetensors.torch import load_file
 
 import feature_extraction_naturelm as module
 from audio_naturelm import resample, to_mono
@@ -24,9 +23,6 @@ from feature_extraction_naturelm import NatureLMFeatureExtractor
 
 
 REPO = Path(__file__).resolve().parents[1]
-PARITY_DIR = Path(os.environ.get("NATURELM_PARITY_DIR", REPO.parent / "shared" / "parity"))
-AUDIO_DIR = Path(os.environ.get("NATURELM_AUDIO_DIR", REPO.parent / "shared" / "audio"))
-AUDIO_SUFFIXES = {".wav", ".mp3", ".flac", ".ogg"}
 FP32_EPS = torch.finfo(torch.float32).eps
 
 
@@ -36,20 +32,9 @@ def extractor() -> NatureLMFeatureExtractor:
 
 
 @pytest.fixture(scope="module")
-def reference() -> dict[str, torch.Tensor]:
-    path = PARITY_DIR / "reference_outputs.safetensors"
-    if not path.is_file():
-        pytest.fail(f"Parity fixture {path} not found; set NATURELM_PARITY_DIR to the fixture folder.")
-    return load_file(path)
-
-
-@pytest.fixture(scope="module")
-def recordings() -> list[tuple[str, np.ndarray, int]]:
-    """(name, samples of shape (time, channels) as float32, sampling rate) for every recording in AUDIO_DIR."""
-    files = sorted(p for p in AUDIO_DIR.glob("*") if p.suffix.lower() in AUDIO_SUFFIXES) if AUDIO_DIR.is_dir() else []
-    if not files:
-        pytest.fail(f"No recordings found in {AUDIO_DIR}; set NATURELM_AUDIO_DIR to the folder of example audio.")
-    return [(p.name, *soundfile.read(p, dtype="float32", always_2d=True)) for p in files]
+def recordings(audio_recordings) -> list[tuple[str, np.ndarray, int]]:
+    """(name, samples of shape (time, channels) as float32, sampling rate) for every recording of the audio fixture."""
+    return [(r.name, *soundfile.read(r.path, dtype="float32", always_2d=True)) for r in audio_recordings]
 
 
 def beats_fbank(waveform: torch.Tensor) -> torch.Tensor:
@@ -226,12 +211,9 @@ def test_save_and_load_round_trip(tmp_path: Path) -> None:
 
 
 def test_num_audio_tokens_matches_reference(
-    extractor: NatureLMFeatureExtractor, reference: dict[str, torch.Tensor]
+    extractor: NatureLMFeatureExtractor, reference: dict[str, torch.Tensor], parity_dir: Path
 ) -> None:
-    config_path = PARITY_DIR / "original_checkpoint_full" / "config.json"
-    if not config_path.is_file():
-        pytest.fail(f"Original config {config_path} not found; set NATURELM_PARITY_DIR to the fixture folder.")
-    config = json.loads(config_path.read_text())
+    config = json.loads((parity_dir / "original_checkpoint_full" / "config.json").read_text())
     window_tokens = round(1500 * config["second_per_window"] / 30)  # the original's kernel size in BEATs tokens
     stride_tokens = round(1500 * config["second_stride"] / 30)
     patch_size = config["beats_cfg"]["input_patch_size"]

@@ -1,17 +1,20 @@
 """Numerical parity with the original NatureLM-audio implementation, on the checkpoint it wrote (both layouts).
 
 Every size, prompt and tolerance target comes from the fixture; the processor builds all model inputs from the
-waveform, the queries and the targets.
+waveform, the queries and the targets. The prompt tests also run on a fixture derived from it whose queries hold the
+audio placeholder mid-sentence (`parity_fixture.py`), so that case stays covered whatever the recorded queries are.
 """
 
 import json
 
 import pytest
 import torch
+from parity_fixture import write_derived_fixture
+from safetensors.torch import load_file
 
 from naturelm.convert import from_original
 from pipeline_naturelm import build_prompt
-from processing_naturelm import AUDIO_SPAN
+from processing_naturelm import AUDIO_PLACEHOLDER, audio_instruction
 
 LAYOUTS = ["original_checkpoint_full", "original_checkpoint_hub_layout"]
 
@@ -24,6 +27,21 @@ def converted(request, parity_dir):
     return request.param, model, processor
 
 
+@pytest.fixture(scope="module")
+def mid_sentence_dir(parity_dir, tmp_path_factory):
+    return write_derived_fixture(parity_dir, tmp_path_factory.mktemp("parity_mid_sentence"))
+
+
+@pytest.fixture(scope="module", params=["recorded", "mid_sentence"])
+def prompt_fixture(request, reference_io, reference) -> tuple[dict, dict[str, torch.Tensor]]:
+    """`(reference_io, reference tensors)` of the recorded fixture, or of the one derived from it whose queries hold
+    the placeholder mid-sentence (its prompts and audio tensors only)."""
+    if request.param == "recorded":
+        return reference_io, reference
+    folder = request.getfixturevalue("mid_sentence_dir")
+    return json.loads((folder / "reference_io.json").read_text()), load_file(folder / "reference_outputs.safetensors")
+
+
 # A query either leaves the audio to the prompt format, or already holds the placeholder (as BEANS-Zero instructions
 # and many user prompts do): by the original's rule both give the same prompt, with exactly one clip.
 QUERY_FORMS = ["plain", "holds_placeholder"]
@@ -31,8 +49,8 @@ QUERY_FORMS = ["plain", "holds_placeholder"]
 
 def _prompts(processor, reference_io, form: str = "plain") -> list[str]:
     queries = reference_io["queries"]
-    if form == "holds_placeholder":
-        queries = [f"{AUDIO_SPAN} {query}" for query in queries]
+    if form == "holds_placeholder":  # the package's own rule puts the placeholder into the queries that lack it
+        queries = [audio_instruction(query) for query in queries]
     return [build_prompt(processor, query) for query in queries]
 
 
@@ -43,6 +61,16 @@ def _training_batch(processor, reference, reference_io):
         sampling_rate=16000,
         answers=reference_io["targets"],
     )
+
+
+def _original_input_ids(tokenizer, prompt: str, audio_token_id: int, num_audio_tokens: int) -> list[int]:
+    """What the original feeds the LM for a recorded prompt, as ids (its `prompt_wrap`): BOS, then the pieces of the
+    prompt between placeholders, each tokenized on its own, with the clip's audio vectors where the placeholder was."""
+    ids = [tokenizer.bos_token_id]
+    for i, piece in enumerate(prompt.split(AUDIO_PLACEHOLDER)):
+        ids += [audio_token_id] * num_audio_tokens if i else []
+        ids += tokenizer(piece, add_special_tokens=False).input_ids
+    return ids
 
 
 @pytest.fixture(scope="module")
@@ -61,18 +89,29 @@ def _vocab_columns(layout: str, reference, base_vocab_size: int) -> torch.Tensor
 
 
 @pytest.mark.parametrize("form", QUERY_FORMS)
-def test_chat_template_reproduces_original_prompt(converted, reference_io, form):
+def test_chat_template_reproduces_original_prompt(converted, prompt_fixture, form):
     _, _, processor = converted
+    reference_io, _ = prompt_fixture
     bos = processor.tokenizer.bos_token
     assert _prompts(processor, reference_io, form) == [bos + prompt for prompt in reference_io["prompts"]]
 
 
-def test_placeholder_inside_a_query_stays_where_it_stands(converted, reference_io):
-    _, _, processor = converted
-    query = reference_io["queries"][0]
-    prompt = build_prompt(processor, f"Listen to this: {AUDIO_SPAN} {query}")
-    assert prompt.count(processor.audio_placeholder) == 1
-    assert f"Listen to this: {AUDIO_SPAN} {query}<|eot_id|>" in prompt
+def test_prompt_places_the_audio_where_the_original_does(converted, prompt_fixture):
+    """Ids as the original tokenizes the recorded prompt around its placeholder, and the clip's audio vectors (which
+    depend on the audio alone) at the audio positions, wherever the query puts the placeholder."""
+    _, model, processor = converted
+    reference_io, reference = prompt_fixture
+    assert len(reference["waveform"]) == len(reference_io["queries"]), "one clip per query"
+    num_audio_tokens = reference["audio_embeds"].shape[1]
+    for i, (prompt, recorded) in enumerate(zip(_prompts(processor, reference_io), reference_io["prompts"])):
+        assert recorded.count(AUDIO_PLACEHOLDER) == 1, "the original gives each query one clip"
+        inputs = processor(text=prompt, audio=reference["waveform"][i], sampling_rate=16000)
+        ids = inputs["input_ids"][0]
+        assert ids.tolist() == _original_input_ids(processor.tokenizer, recorded, processor.audio_token_id,
+                                                   num_audio_tokens)
+        with torch.no_grad():
+            embeds = model(**inputs, output_hidden_states=True).hidden_states[0][0]
+        assert (embeds[ids == processor.audio_token_id] - reference["audio_embeds"][i]).abs().max() <= 1e-4
 
 
 def test_audio_features_match(converted, reference):
@@ -123,12 +162,18 @@ def test_training_forward_matches(converted, reference, reference_io, base_vocab
 
 
 def test_generation_prompt_embeddings_match(converted, reference, reference_io):
+    """Every `generation_prompt_embeds_<i>` the fixture records (the inference embeddings of sample i)."""
     _, model, processor = converted
-    inputs = processor(text=_prompts(processor, reference_io)[0], audio=reference["waveform"][0], sampling_rate=16000)
-    with torch.no_grad():
-        embeds = model(**inputs, output_hidden_states=True).hidden_states[0][0]
-    assert embeds.shape == reference["generation_prompt_embeds_0"].shape
-    assert (embeds - reference["generation_prompt_embeds_0"]).abs().max() <= 1e-4
+    recorded = {int(key.rsplit("_", 1)[1]): value for key, value in reference.items()
+                if key.startswith("generation_prompt_embeds_")}
+    assert recorded, "the fixture records no generation_prompt_embeds_<i>"
+    prompts = _prompts(processor, reference_io)
+    for i, expected in recorded.items():
+        inputs = processor(text=prompts[i], audio=reference["waveform"][i], sampling_rate=16000)
+        with torch.no_grad():
+            embeds = model(**inputs, output_hidden_states=True).hidden_states[0][0]
+        assert embeds.shape == expected.shape
+        assert (embeds - expected).abs().max() <= 1e-4
 
 
 def _generate(model, inputs, num_tokens: int) -> list[list[int]]:
@@ -144,12 +189,16 @@ def test_greedy_generation_matches_per_clip_and_batched(converted, reference, re
     prompts = _prompts(processor, reference_io, form)
     model.set_merging_alpha(alpha)
     try:
+        lengths = []
         for i, ids in enumerate(expected):
             single = processor(text=prompts[i], audio=reference["waveform"][i], sampling_rate=16000)
+            lengths.append(single["input_ids"].shape[1])
             assert _generate(model, single, len(ids)) == [ids]
         batch = processor(text=prompts, audio=list(reference["waveform"]), sampling_rate=16000)
-        assert batch["attention_mask"][:, 0].tolist().count(0) >= 1, "the batch should need left padding"
-        assert _generate(model, batch, len(expected[0])) == expected
+        width = batch["input_ids"].shape[1]
+        assert batch["attention_mask"].tolist() == [[0] * (width - n) + [1] * n for n in lengths], "left padding"
+        generated = _generate(model, batch, max(map(len, expected)))
+        assert [row[: len(ids)] for row, ids in zip(generated, expected)] == expected
     finally:
         model.set_merging_alpha(1.0)
 
