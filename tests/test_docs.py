@@ -320,7 +320,7 @@ def test_command_parses_and_says_what_it_needs(command):
 def test_readme_smoke_command_runs_as_written(audio_recordings):
     from audio_fixture import num_windows
 
-    command = find("README.md", "./run naturelm infer ../shared/audio --smoke")
+    command = find("README.md", "./run naturelm infer ../shared/audio")
     args = parse(naturelm_parser(), command.words[1:], command)
     result = subprocess.run(["bash", "-c", command.text], cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-2000:]
