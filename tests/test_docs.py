@@ -1,6 +1,7 @@
 """Every command shown in README.md and docs/*.md is exercised, so the pages cannot drift from the code.
 
-Each line of a ```bash block goes through `./run` (scripts excepted: a block starting with `#!`). Every `./run`
+Each line of a ```bash block goes through `./run`, unless it is marked `# needs ...` (a request to a running server)
+or belongs to a script for another machine (a block starting with `#!`). Every `./run`
 command is checked against the real argument parser of what it runs (`naturelm`'s, the training script's
 `TrlParser`, accelerate's launcher, uv's; a benchmark's parser rebuilt from its `add_argument` calls), the files it
 names must exist, and a command that cannot run on a bare clone (the gated weights, a GPU, a cluster, your data) must
@@ -149,11 +150,14 @@ def test_bash_block_is_valid_and_goes_through_run(block):
     assert check.returncode == 0, f"{block}: {check.stderr}"
     if block.body.startswith("#!"):
         return  # a script for another machine (SLURM): its commands are checked one by one below
+    block_needs = False
     for number, line in logical_lines(block):
-        code = line[: len(line) - len(comment(line))].strip()
-        assert not code or "./run" in words(code), (
+        note = comment(line)
+        code = line[: len(line) - len(note)].strip()
+        block_needs = block_needs or bool(not code and NEEDS.match(note))
+        assert not code or "./run" in words(code) or block_needs or NEEDS.match(note), (
             f"{block.page.relative_to(ROOT)}:{number}: `{code}` does not start with ./run, so it does not run from a "
-            "fresh clone"
+            "fresh clone (a line that needs something else first, such as a running server, says so: `# needs ...`)"
         )
 
 
@@ -275,6 +279,9 @@ def check_accelerate(args: list[str], command: Command) -> list[str]:
 def check_python(args: list[str], env: dict, command: Command) -> list[str]:
     if args[0] == "-c":
         compile(args[1], str(command), "exec")
+        return []
+    if args[0] == "-m":
+        assert importlib.util.find_spec(args[1]), f"{command}: no module {args[1]}"
         return []
     script = ROOT / args[0]
     assert script.is_file(), f"{command}: no script {args[0]}"
