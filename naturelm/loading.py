@@ -24,7 +24,7 @@ def _how_to_get(model: str, reason: str) -> str:
         f"Cannot load the NatureLM-audio weights '{model}': {reason}\n"
         "The released weights are gated on the Hugging Face Hub. To use them:\n"
         f"  1. accept the licences of {RELEASED_MODEL} and {RELEASED_BASE_MODEL} on huggingface.co,\n"
-        "  2. run `huggingface-cli login` (or set HF_TOKEN) on a machine with internet access,\n"
+        "  2. run `hf auth login` (or set HF_TOKEN) on a machine with internet access,\n"
         "  3. rerun; or point --model at a local copy: a folder made by `naturelm convert ORIGINAL_DIR OUT "
         "--base-model LLAMA_DIR`, or an original checkpoint folder together with --base-model LLAMA_DIR.\n"
         "To see the whole pipeline run without any weights, add --smoke (a tiny random model; its answers are "
