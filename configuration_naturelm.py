@@ -196,4 +196,8 @@ class NatureLMConfig(PreTrainedConfig):
         return round(1500 * self.window_stride_seconds / 30.0)
 
 
+# Saved with its code file and an `auto_map`, so a saved folder loads with the Auto classes and `trust_remote_code`
+# wherever it goes (transformers registers remote classes so when it loads them; this covers the installed modules).
+NatureLMConfig.register_for_auto_class()
+
 __all__ = ["NatureLMBeatsConfig", "NatureLMConfig"]

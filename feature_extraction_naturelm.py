@@ -274,4 +274,8 @@ class NatureLMFeatureExtractor(SequenceFeatureExtractor):
         return BatchFeature(data, tensor_type=return_tensors)
 
 
+# Saved with its code file and an `auto_map`, so a saved folder loads with the Auto classes and `trust_remote_code`
+# wherever it goes (transformers registers remote classes so when it loads them; this covers the installed modules).
+NatureLMFeatureExtractor.register_for_auto_class("AutoFeatureExtractor")
+
 __all__ = ["NatureLMFeatureExtractor"]

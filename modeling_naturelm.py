@@ -5,6 +5,7 @@ This file travels with checkpoints as remote code, so it imports only torch, tra
 """
 
 import math
+import os
 from dataclasses import dataclass
 
 import torch
@@ -628,8 +629,18 @@ class NatureLMForConditionalGeneration(NatureLMPreTrainedModel, GenerationMixin)
         (like Granite Speech), so `from_pretrained` on the folder restores both. A given `state_dict` (e.g. the
         weights DeepSpeed ZeRO-3 gathered from every rank) is saved instead of this process's own. Weights are saved
         under the model's own names: reverting the key conversions of loading would re-add the peft prefix the adapter
-        loading registered, and legacy names."""
+        loading registered, and legacy names. Every folder it writes (conversion, training output and checkpoints,
+        merged copies) also declares the pipeline in config.json and holds its code file, so `pipeline(...,
+        trust_remote_code=True)` loads it anywhere."""
         kwargs.setdefault("save_original_format", False)
+        if self.is_remote_code() and kwargs.get("is_main_process", True):  # code files are written: the pipeline's too
+            try:
+                from .pipeline_naturelm import save_pipeline_code
+            except ImportError:
+                from pipeline_naturelm import save_pipeline_code
+
+            os.makedirs(save_directory, exist_ok=True)
+            save_pipeline_code(self.config, save_directory)
         if not getattr(self, "_hf_peft_config_loaded", False):
             super().save_pretrained(save_directory, *args, state_dict=state_dict, **kwargs)
             return
@@ -646,6 +657,10 @@ class NatureLMForConditionalGeneration(NatureLMPreTrainedModel, GenerationMixin)
             adapter_config.base_model_name_or_path = str(save_directory)
         super().save_pretrained(save_directory, *args, state_dict=state_dict, **kwargs)
 
+
+# Saved with its code file and an `auto_map`, so a saved folder loads with the Auto classes and `trust_remote_code`
+# wherever it goes (transformers registers remote classes so when it loads them; this covers the installed modules).
+NatureLMForConditionalGeneration.register_for_auto_class("AutoModel")
 
 __all__ = [
     "NatureLMBeatsModel",

@@ -272,6 +272,10 @@ class NatureLMProcessor(ProcessorMixin):
 _GROUPS = ("text_kwargs", "audio_kwargs", "common_kwargs")
 _PAD_KEYS = ("padding", "max_length", "pad_to_multiple_of", "return_attention_mask")
 
+# Saved with its code file and an `auto_map`, so a saved folder loads with the Auto classes and `trust_remote_code`
+# wherever it goes (transformers registers remote classes so when it loads them; this covers the installed modules).
+NatureLMProcessor.register_for_auto_class("AutoProcessor")
+
 __all__ = [
     "AUDIO_PLACEHOLDER",
     "AUDIO_SPAN",

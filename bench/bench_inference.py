@@ -1,9 +1,9 @@
 """Inference throughput and memory of the NatureLM engine (a benchmark, not a test).
 
 Builds a long 16 kHz recording from `../shared/audio` (env NATURELM_AUDIO_DIR) and runs it, already in memory as the
-original was measured, through the pipeline (the engine, `run_recordings`) in 10-s windows with exactly 20 new tokens
-per window (the minimum is forced so random weights cannot stop early), greedy and with 2 beams, batched and one
-window at a time:
+original was measured, through the engine (`naturelm.engine.run_recordings`) in 10-s windows with exactly 20 new
+tokens per window (the bench's own logits processor bans the end tokens, so random weights cannot stop early), greedy
+and with 2 beams, batched and one window at a time:
 
 - `tiny`: the parity model converted from `../shared/parity` (env NATURELM_PARITY_DIR), 5 minutes of audio;
 - `mid`: random weights, full BEATs (12 x 768) and Q-Former (768), a Llama of hidden 512 x 4 layers, 2 minutes;
@@ -36,6 +36,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from transformers import LogitsProcessor, LogitsProcessorList
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
@@ -119,6 +120,35 @@ def _full_size(device: str):
     return model, NatureLMProcessor(NatureLMFeatureExtractor(), llama3_tokenizer())
 
 
+class BanEndTokens(LogitsProcessor):
+    """Every window decodes exactly `max_new_tokens`: the end tokens' scores are set to -inf in place, a few element
+    writes per step (transformers' `min_new_tokens` rebuilds a mask over the 128k vocabulary at every step, which
+    costs a third of a small model's decoding time on CPU and would be measured as the engine's)."""
+
+    def __init__(self, eos_token_id: int | list[int]):
+        self.eos_token_id = [eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id)
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        scores[:, self.eos_token_id] = -float("inf")
+        return scores
+
+
+def decoding(model, num_beams: int) -> dict:
+    """The bench's `generate` arguments: 20 new tokens, always."""
+    return dict(max_new_tokens=20, num_beams=num_beams, do_sample=False,
+                logits_processor=LogitsProcessorList([BanEndTokens(model.generation_config.eos_token_id)]))
+
+
+def run_arrays(model, processor, arrays: list[np.ndarray], batch_size: int, **generate_kwargs) -> list[list[dict]]:
+    """16 kHz recordings already in memory through the engine, in 10-s windows: each recording's rows."""
+    from naturelm.engine import DEFAULT_QUERY, Recording, build_prompt, generation_task, run_recordings
+
+    prompt = build_prompt(processor, DEFAULT_QUERY)
+    recordings = [Recording.from_array(f"input {i}", a, prompt=prompt) for i, a in enumerate(arrays)]
+    results = run_recordings(model, processor, recordings, generation_task(**generate_kwargs), batch_size)
+    return [result.rows for result in results]
+
+
 def _peak_rss_gb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
@@ -134,39 +164,36 @@ def _timed(function, repeats: int) -> tuple[float, object]:
 
 def run_config(size: str, batch_size: int, num_beams: int, dtype: str, repeats: int, device: str,
                quantize: str | None = None) -> dict:
-    from pipeline_naturelm import TASK, NatureLMPipeline
-
     model, processor, info = build(size, DTYPES[dtype], device, quantize)
-    pipe = NatureLMPipeline(model=model, processor=processor, task=TASK, device=model.device)
     audio = long_recording({"tiny": 300.0, "mid": 120.0, "full": 10.0 * batch_size}[size])
-    kwargs = dict(max_new_tokens=20, min_new_tokens=20, num_beams=num_beams, do_sample=False)
+    kwargs = decoding(model, num_beams)
     if size == "full":
         repeats = 1  # seconds per window: no warm-up batch, one timed run
     else:
-        pipe(audio[: 16000 * 10 * batch_size], sampling_rate=16000, batch_size=batch_size, **kwargs)  # warm-up
-    seconds, result = _timed(lambda: pipe(audio, sampling_rate=16000, batch_size=batch_size, **kwargs), repeats)
-    windows = len(result["windows"])
+        run_arrays(model, processor, [audio[: 16000 * 10 * batch_size]], batch_size, **kwargs)  # warm-up
+    seconds, result = _timed(lambda: run_arrays(model, processor, [audio], batch_size, **kwargs)[0], repeats)
+    windows = len(result)
     return {
         "size": size, "batch_size": batch_size, "num_beams": num_beams, "dtype": "bf16" if size == "full" else dtype,
         "device": device, "audio_seconds": len(audio) / 16000, "seconds": seconds,
         "audio_s_per_s": len(audio) / 16000 / seconds, "seconds_per_window": seconds / windows,
-        "peak_rss_gb": _peak_rss_gb(), **info, "texts": [w["text"] for w in result["windows"]],
+        "peak_rss_gb": _peak_rss_gb(), **info, "texts": [w["text"] for w in result],
     }
 
 
 def run_end_to_end(batch_size: int, num_beams: int, dtype: str, repeats: int, device: str) -> dict:
-    """`naturelm.infer.run` on a folder of the shared mp3 recordings at mid size, against the pipeline on the same
+    """`naturelm.infer.run` on a folder of the shared mp3 recordings at mid size, against the engine on the same
     recordings decoded beforehand (the same windows, batches and texts)."""
     import tempfile
 
     from audio_naturelm import read_audio
+    from naturelm.engine import DEFAULT_QUERY
     from naturelm.infer import MemoryWriter, run
-    from pipeline_naturelm import DEFAULT_QUERY, TASK, NatureLMPipeline
 
     model, processor, info = build("mid", DTYPES[dtype], device)
     audio_dir = Path(os.environ.get("NATURELM_AUDIO_DIR", SHARED / "audio"))
     files = sorted(audio_dir.glob("*.mp3"))
-    kwargs = dict(max_new_tokens=20, min_new_tokens=20, num_beams=num_beams, do_sample=False)
+    kwargs = decoding(model, num_beams)
     with tempfile.TemporaryDirectory() as folder:
         local = [Path(folder) / f.name for f in files]
         for source, target in zip(files, local):
@@ -180,11 +207,9 @@ def run_end_to_end(batch_size: int, num_beams: int, dtype: str, repeats: int, de
         from_files()  # warm-up
         file_seconds, writer = _timed(from_files, repeats)
     arrays = [read_audio(f) for f in files]
-    pipe = NatureLMPipeline(model=model, processor=processor, task=TASK, device=model.device)
-    memory_seconds, outputs = _timed(
-        lambda: pipe(arrays, sampling_rate=16000, query=DEFAULT_QUERY, batch_size=batch_size, **kwargs), repeats)
+    memory_seconds, outputs = _timed(lambda: run_arrays(model, processor, arrays, batch_size, **kwargs), repeats)
     audio_seconds = sum(len(a) for a in arrays) / 16000
-    same = [writer.results[str(f)][0] for f in local] == [o["windows"] for o in outputs]
+    same = [writer.results[str(f)][0] for f in local] == outputs
     return {
         "size": "e2e", "model": "mid", "batch_size": batch_size, "num_beams": num_beams, "dtype": dtype,
         "device": device, "files": len(files), "audio_seconds": audio_seconds,

@@ -1,33 +1,9 @@
-"""NatureLM-audio, Hugging Face-native."""
+"""NatureLM-audio, Hugging Face-native.
 
-from transformers import AutoConfig, AutoFeatureExtractor, AutoModel, AutoProcessor
-from transformers.pipelines import PIPELINE_REGISTRY
-
-from configuration_naturelm import NatureLMBeatsConfig, NatureLMConfig
-from feature_extraction_naturelm import NatureLMFeatureExtractor
-from modeling_naturelm import (
-    NatureLMBeatsModel,
-    NatureLMForConditionalGeneration,
-    NatureLMModel,
-    NatureLMPreTrainedModel,
-)
-from pipeline_naturelm import TASK, NatureLMPipeline
-from processing_naturelm import NatureLMProcessor
-
-# With the package imported, the Auto classes resolve NatureLM folders to this code (no trust_remote_code needed).
-AutoConfig.register(NatureLMConfig.model_type, NatureLMConfig)
-AutoConfig.register(NatureLMBeatsConfig.model_type, NatureLMBeatsConfig)
-AutoModel.register(NatureLMConfig, NatureLMForConditionalGeneration)
-AutoFeatureExtractor.register(NatureLMConfig, NatureLMFeatureExtractor)
-AutoProcessor.register(NatureLMConfig, NatureLMProcessor)
-PIPELINE_REGISTRY.register_pipeline(TASK, pipeline_class=NatureLMPipeline, pt_model=AutoModel)
-
-# `save_pretrained` then writes the code files and an `auto_map`, so a saved folder loads with the Auto classes and
-# `trust_remote_code=True` where this package is not installed.
-NatureLMConfig.register_for_auto_class()
-NatureLMForConditionalGeneration.register_for_auto_class("AutoModel")
-NatureLMFeatureExtractor.register_for_auto_class("AutoFeatureExtractor")
-NatureLMProcessor.register_for_auto_class("AutoProcessor")
+`import naturelm` is cheap, so that the `naturelm` command starts fast: the model classes (and torch) load on first
+use, `from naturelm import NatureLMForConditionalGeneration` or `naturelm.NatureLMPipeline`, which also registers them
+with transformers' Auto classes and pipeline registry (`naturelm.auto`). Saved models carry their code files and
+`auto_map` in any case (the remote-code files register themselves for `save_pretrained`)."""
 
 __all__ = [
     "NatureLMBeatsConfig",
@@ -40,3 +16,11 @@ __all__ = [
     "NatureLMPreTrainedModel",
     "NatureLMProcessor",
 ]
+
+
+def __getattr__(name: str):
+    if name in __all__:
+        from . import auto
+
+        return getattr(auto, name)
+    raise AttributeError(f"module 'naturelm' has no attribute {name!r}")

@@ -5,20 +5,30 @@ import argparse
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from audio_naturelm import find_audio_files
-from .convert import DTYPES, ConversionError, convert
-from .embed import embed_files, write_embeddings
 from .evaluation.commands import add_evaluate_parser
 from .evaluation.errors import EvaluationError
-from .infer import FORMATS, ResultWriter, Summary, run
-from .quantization import add_quantize_argument
-from .loading import RELEASED_BASE_MODEL, RELEASED_MODEL, WeightsUnavailableError, load_for_inference
-from .ray_infer import RayResources, RayUnavailableError, connect, import_ray, list_audio_files, run_ray
-from pipeline_naturelm import DEFAULT_QUERY
+from .options import (
+    DTYPE_NAMES,
+    FORMATS,
+    RELEASED_BASE_MODEL,
+    RELEASED_MODEL,
+    RayUnavailableError,
+    WeightsUnavailableError,
+    add_quantize_argument,
+)
+
+if TYPE_CHECKING:
+    from .infer import ResultWriter, Summary
+
+# Only what the parser needs is imported above (no torch, no transformers): `naturelm --help` and argument errors
+# answer at once. Each command imports what it runs.
 
 
 def _convert(args: argparse.Namespace) -> int:
+    from .convert import convert
+
     output = convert(
         args.original_dir, args.output_dir, args.base_model, args.qformer_config, args.merging_alpha, args.dtype
     )
@@ -29,6 +39,8 @@ def _convert(args: argparse.Namespace) -> int:
 def _load_kwargs(args: argparse.Namespace) -> dict:
     """`load_for_inference`'s arguments from the command line (Ray actors take them as they are), after the smoke
     notice: a reader of the output must know when the answers come from random weights."""
+    from .convert import DTYPES
+
     if args.smoke:
         print("SMOKE MODE: a tiny random NatureLM model, not the released weights; answers are meaningless.",
               file=sys.stderr)
@@ -37,6 +49,8 @@ def _load_kwargs(args: argparse.Namespace) -> dict:
 
 
 def _load(args: argparse.Namespace):
+    from .loading import load_for_inference
+
     return load_for_inference(**_load_kwargs(args))
 
 
@@ -54,17 +68,27 @@ def _labels(value: str | None) -> list[str] | None:
 def _infer(args: argparse.Namespace) -> int:
     if args.ray is not None:
         return _infer_on_ray(args)
+    from audio_naturelm import find_audio_files
+
+    from .infer import run
+
     files = find_audio_files(args.inputs)
     labels = _labels(args.labels)
     writer = _writer(args)
     model, processor = _load(args)
     return _write_run(writer, lambda: run(
-        model, processor, files, writer, args.query, labels, args.window, args.hop, args.batch_size,
+        model, processor, files, writer, _query(args), labels, args.window, args.hop, args.batch_size,
         progress=not args.no_progress, **_decoding(args),
     ))
 
 
-def _write_run(writer: ResultWriter, start: Callable[[], Summary]) -> int:
+def _query(args: argparse.Namespace) -> str:
+    from pipeline_naturelm import DEFAULT_QUERY
+
+    return DEFAULT_QUERY if args.query is None else args.query
+
+
+def _write_run(writer: "ResultWriter", start: Callable[[], "Summary"]) -> int:
     """Runs a folder inference into `writer`, closes it whatever happens (what was written stays resumable) and
     reports the summary; the exit status says whether any file failed."""
     try:
@@ -75,7 +99,9 @@ def _write_run(writer: ResultWriter, start: Callable[[], Summary]) -> int:
     return 1 if summary.failed else 0
 
 
-def _writer(args: argparse.Namespace) -> ResultWriter:
+def _writer(args: argparse.Namespace) -> "ResultWriter":
+    from .infer import ResultWriter
+
     fmt = args.format or {".csv": "csv", ".txt": "raven", ".tsv": "raven"}.get(
         Path(args.output).suffix.lower() if args.output else "", "jsonl")
     return ResultWriter(Path(args.output) if args.output else None, fmt, args.resume, args.overwrite)
@@ -84,11 +110,13 @@ def _writer(args: argparse.Namespace) -> ResultWriter:
 def _decoding(args: argparse.Namespace) -> dict:
     """Decoding settings given on the command line; the others come from the checkpoint's generation config (the
     original's: 2 beams, ...)."""
-    return {name: getattr(args, name) for name in ("num_beams", "max_new_tokens", "min_new_tokens")
+    return {name: getattr(args, name) for name in ("num_beams", "max_new_tokens")
             if getattr(args, name) is not None}
 
 
 def _infer_on_ray(args: argparse.Namespace) -> int:
+    from .ray_infer import RayResources, connect, import_ray, list_audio_files, run_ray
+
     import_ray()  # before anything is written: a clear error if Ray is not installed
     if args.ray and Path(args.ray).exists():
         raise ValueError(f"--ray takes a cluster address, not {args.ray!r}: put --ray after the inputs, or write "
@@ -101,15 +129,19 @@ def _infer_on_ray(args: argparse.Namespace) -> int:
     load_kwargs = _load_kwargs(args)
     resources = RayResources(args.ray_actors, args.ray_cpus_per_actor, args.ray_gpus_per_actor)
 
-    def start() -> Summary:
+    def start() -> "Summary":
         connect(args.ray or None)
-        return run_ray(files, writer, load_kwargs, args.query, labels, args.window, args.hop, args.batch_size,
+        return run_ray(files, writer, load_kwargs, _query(args), labels, args.window, args.hop, args.batch_size,
                        resources, progress=not args.no_progress, **_decoding(args))
 
     return _write_run(writer, start)
 
 
 def _embed(args: argparse.Namespace) -> int:
+    from audio_naturelm import find_audio_files
+
+    from .embed import embed_files, write_embeddings
+
     model, processor = _load(args)
     table = embed_files(model, processor, find_audio_files(args.inputs), args.window, args.hop, args.batch_size)
     write_embeddings(table, Path(args.output))
@@ -129,7 +161,7 @@ def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=8, help="windows per batch, across files")
     parser.add_argument("--merging-alpha", type=float, default=None, help="LoRA scale factor (default: the model's)")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, mps ...")
-    parser.add_argument("--dtype", choices=sorted(DTYPES), default="bf16")
+    parser.add_argument("--dtype", choices=sorted(DTYPE_NAMES), default="bf16")
     add_quantize_argument(parser)
     parser.add_argument("--smoke", action="store_true",
                         help="run on a tiny random model instead of the released weights (pipeline check only)")
@@ -146,18 +178,18 @@ def build_parser() -> argparse.ArgumentParser:
                       "and the frozen weights for the hub layout)")
     conv.add_argument("--qformer-config", help="JSON with the Q-Former sizes (default: bert-base, as the original)")
     conv.add_argument("--merging-alpha", type=float, default=1.0, help="LoRA scale factor (default 1)")
-    conv.add_argument("--dtype", choices=sorted(DTYPES), default="bf16")
+    conv.add_argument("--dtype", choices=sorted(DTYPE_NAMES), default="bf16")
     conv.set_defaults(func=_convert)
 
     infer = commands.add_parser("infer", help="answer a question about every window of some recordings")
     _add_model_arguments(infer)
-    infer.add_argument("--query", default=DEFAULT_QUERY)
+    infer.add_argument("--query", help="the question asked of every window (default: the original's species "
+                       "question, pipeline_naturelm.DEFAULT_QUERY)")
     infer.add_argument("--labels", help="candidate labels (a file, one per line, or a,b,c): score them instead of "
                        "generating; the answer is always one of them")
     infer.add_argument("--num-beams", type=int, help="beams (default: the checkpoint's generation config; 2 for "
                        "NatureLM, as the original decodes)")
     infer.add_argument("--max-new-tokens", type=int, help="longest answer (default: the checkpoint's; 300)")
-    infer.add_argument("--min-new-tokens", type=int, default=None, help="force at least this many (benchmarks)")
     infer.add_argument("--output", help="results file (default: standard output)")
     infer.add_argument("--format", choices=FORMATS, help="jsonl (default), csv, or raven (a Raven Pro selection "
                        "table); guessed from the --output extension (.csv, .txt/.tsv for Raven)")
@@ -187,8 +219,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args) or 0
-    except (WeightsUnavailableError, ConversionError, EvaluationError, FileExistsError, ValueError,
-            RayUnavailableError) as error:
+    except (WeightsUnavailableError, EvaluationError, FileExistsError, ValueError, RayUnavailableError) as error:
         print(f"naturelm: {error}", file=sys.stderr)
         return 2
 

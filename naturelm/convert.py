@@ -21,12 +21,12 @@ from transformers import AutoTokenizer, Blip2QFormerConfig, GenerationConfig, Ll
 from configuration_naturelm import NatureLMConfig
 from feature_extraction_naturelm import NatureLMFeatureExtractor
 from modeling_naturelm import NatureLMForConditionalGeneration
-from pipeline_naturelm import TASK, NatureLMPipeline
 from processing_naturelm import NatureLMProcessor
+from .options import DTYPE_NAMES
 
 PAD_TOKEN = "[PAD]"
 LLAMA3_END_TOKENS = ("<|end_of_text|>", "<|eom_id|>", "<|eot_id|>")
-DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+DTYPES = {name: getattr(torch, dtype) for name, dtype in DTYPE_NAMES.items()}
 # How the original decodes (its `configs/inference.yml`, and the paper's results): beam search with 2 beams, no
 # sampling, no repetition or length penalty, up to 300 new tokens. A base Llama's generation config samples (Meta's
 # Llama-3.1-8B-Instruct: do_sample, temperature 0.6, top_p 0.9), so every NatureLM checkpoint writes these over it.
@@ -307,8 +307,7 @@ def convert(
     """Writes a folder that loads with `AutoModel`/`AutoProcessor.from_pretrained(..., trust_remote_code=True)`."""
     model, processor = from_original(original_dir, base_model, qformer_config, merging_alpha, DTYPES[dtype])
     output_dir = Path(output_dir)
-    # Saving through the pipeline also declares it under `custom_pipelines` and copies its code file.
-    NatureLMPipeline(model=model, processor=processor, task=TASK, device=model.device).save_pretrained(output_dir)
+    model.save_pretrained(output_dir)  # with the code files, the pipeline's included (declared in config.json)
     processor.save_pretrained(output_dir)
     return output_dir
 

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline_naturelm import Recording, embedding_task, run_recordings
+from .engine import Recording, embedding_task, run_recordings
 
 
 def embed_files(model, processor, files: list[Path], window_seconds: float = 10.0, hop_seconds: float | None = None,

@@ -13,9 +13,9 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from audio_naturelm import AudioError, audio_info
-from pipeline_naturelm import Recording, Task, build_prompt, generation_task, label_task, run_recordings
+from .options import FORMATS
+from .engine import Recording, Task, build_prompt, generation_task, label_task, run_recordings
 
-FORMATS = ("jsonl", "csv", "raven")
 RAVEN_COLUMNS = ["Selection", "View", "Channel", "Begin Time (s)", "End Time (s)", "Low Freq (Hz)",
                  "High Freq (Hz)", "Begin File", "answer"]
 CSV_COLUMNS = ["file", "start", "end", "answer", "probabilities", "error"]

@@ -11,12 +11,7 @@ import torch
 from modeling_naturelm import NatureLMForConditionalGeneration
 from processing_naturelm import NatureLMProcessor
 
-RELEASED_MODEL = "EarthSpeciesProject/NatureLM-audio"
-RELEASED_BASE_MODEL = "meta-llama/Llama-3.1-8B-Instruct"
-
-
-class WeightsUnavailableError(RuntimeError):
-    """The requested weights are neither local nor downloadable here."""
+from .options import RELEASED_BASE_MODEL, RELEASED_MODEL, WeightsUnavailableError
 
 
 def _how_to_get(model: str, reason: str) -> str:

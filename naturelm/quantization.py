@@ -15,8 +15,8 @@ from torch import nn
 from torch.ao.nn.quantized.dynamic import Linear as DynamicQuantizedLinear
 
 from .loading import return_freed_memory
+from .options import QUANTIZATIONS
 
-QUANTIZATIONS = ("int8",)
 
 
 class Int8Linear(nn.Module):
@@ -59,9 +59,3 @@ def quantize_language_model(model, method: str = "int8") -> int:
         return_freed_memory()  # the bf16 weight and the fp32 temporaries, before the next weight is converted
     return len(targets)
 
-
-def add_quantize_argument(parser) -> None:
-    """`--quantize int8` for every command that loads the model for inference."""
-    parser.add_argument("--quantize", choices=QUANTIZATIONS, default=None,
-                        help="int8 weights for the language model (CPU, opt-in: ~half the memory, faster; quality "
-                             "on the released weights unmeasured, see the README)")

@@ -1,8 +1,8 @@
 """`naturelm infer --ray`: the same folder run on a Ray cluster, with the same rows through the same writer.
 
 Ray Data streams the files: read tasks (CPU) decode and window each file through the one audio path
-(`pipeline_naturelm.read_windows`), model actors (one per GPU, or CPU actors) load the model once and answer batches
-of windows through the engine's own batch step (`pipeline_naturelm.answer_windows`), and the driver gathers each
+(`naturelm.engine.read_windows`), model actors (one per GPU, or CPU actors) load the model once and answer batches
+of windows through the engine's own batch step (`naturelm.engine.answer_windows`), and the driver gathers each
 file's rows and hands the finished file to the run's one `ResultWriter`. Actors that die are restarted and their
 batches retried by Ray; the driver keeps a window once whatever Ray repeats, so every window is written exactly once.
 
@@ -20,14 +20,11 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 
 from audio_naturelm import AUDIO_EXTENSIONS, find_audio_files
-from pipeline_naturelm import AudioWindow, Recording, answer_windows, build_prompt, read_windows
+from .engine import AudioWindow, Recording, answer_windows, build_prompt, read_windows
+from .options import RayUnavailableError
 from .infer import MemoryWriter, ResultWriter, RunProgress, Summary, make_task, pending_files
 
 WINDOW, END = "window", "end"  # a row's kind: one window of a file, or how the file ended (its count, or the reason)
-
-
-class RayUnavailableError(ImportError):
-    """`--ray` was asked for but Ray is not installed."""
 
 
 def import_ray():

@@ -22,7 +22,7 @@ from audio_naturelm import AudioError, audio_info, read_audio, stream_windows, w
 from naturelm.convert import DTYPES, ORIGINAL_DECODING
 from naturelm.infer import MemoryWriter, format_table, run
 from naturelm.loading import RELEASED_BASE_MODEL, RELEASED_MODEL, WeightsUnavailableError, load_model
-from pipeline_naturelm import DEFAULT_QUERY, Recording, generation_task, run_recordings
+from naturelm.engine import DEFAULT_QUERY, Recording, generation_task, run_recordings
 from naturelm.plotting import figure_png, plot_windows, window_label
 from processing_naturelm import audio_instruction
 

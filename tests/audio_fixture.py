@@ -41,7 +41,7 @@ def read_recordings(audio_dir: Path) -> list[Recording]:
 def num_windows(seconds: float, window: float, hop: float) -> int:
     """How many windows of `window` s every `hop` s cover `seconds` s of audio: starts every hop until a window
     reaches the end (the last one partial), and none starting at or after the end. Written as a closed form, apart
-    from the package's loop (`pipeline_naturelm.window_starts`) that it checks."""
+    from the package's loop (`audio_naturelm.window_starts`) that it checks."""
     samples, window, hop = (round(value * MODEL_RATE) for value in (seconds, window, hop))
     return 1 + max(0, math.ceil((samples - max(window, hop)) / hop))
 

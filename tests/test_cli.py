@@ -17,6 +17,23 @@ def _run(args, tmp_path, **env):
                           env=environment, timeout=600)
 
 
+def test_help_and_argument_errors_load_no_model_code(tmp_path):
+    """`naturelm --help` (and every subcommand's) answers without importing torch or transformers: each command
+    imports what it runs."""
+    probe = ("import sys\nfrom naturelm.cli import main\n"
+             "commands = [[], ['infer'], ['embed'], ['convert'], ['evaluate', 'beans-zero'], ['evaluate', 'score']]\n"
+             "for args in commands:\n"
+             "    try:\n        main([*args, '--help'])\n    except SystemExit as done:\n        assert done.code == 0\n"
+             "heavy = sorted(name for name in ('torch', 'transformers', 'numpy') if name in sys.modules)\n"
+             "print('heavy:', heavy)\n")
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=600,
+                            env={**os.environ, "HF_HOME": str(tmp_path / "hf_home")})
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "--quantize" in result.stdout and "--max-new-tokens" in result.stdout
+    assert "--min-new-tokens" not in result.stdout  # a benchmark's option, not the product's
+    assert result.stdout.splitlines()[-1] == "heavy: []"
+
+
 def test_infer_without_weights_explains_how_to_get_them(tmp_path, audio_dir):
     clip = next(iter(sorted(audio_dir.iterdir())))
     result = _run(["infer", str(clip)], tmp_path, HF_HUB_OFFLINE="1")

@@ -137,6 +137,7 @@ def test_checkpoints_decode_like_the_original_whatever_the_base_samples(parity_d
     import soundfile as sf
     from transformers import GenerationConfig, pipeline
 
+    import naturelm.auto  # noqa: F401  (registers the pipeline task)
     from naturelm.convert import ORIGINAL_DECODING
     from naturelm.evaluation.generation import generate_answers as evaluation_answers
     from naturelm.loading import load_for_inference

@@ -10,10 +10,8 @@ import torch
 
 from audio_naturelm import AudioError, array_windows, read_audio, stream_windows, to_mono, window_starts
 from naturelm.testing_utils import tiny_model_and_processor
-from pipeline_naturelm import (
+from naturelm.engine import (
     DEFAULT_QUERY,
-    TASK,
-    NatureLMPipeline,
     Recording,
     build_prompt,
     embedding_task,
@@ -21,6 +19,7 @@ from pipeline_naturelm import (
     label_task,
     run_recordings,
 )
+from pipeline_naturelm import TASK, NatureLMPipeline
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ import psutil
 import pytest
 
 # The same greedy decoding for every run here, so Ray rows and local rows must be equal.
-DECODING = ["--smoke", "--num-beams", "1", "--max-new-tokens", "20", "--min-new-tokens", "20", "--batch-size", "1",
+DECODING = ["--smoke", "--num-beams", "1", "--max-new-tokens", "20", "--batch-size", "1",
             "--no-progress"]
 RAY = ["--ray-cpus-per-actor", "0.5"]  # two CPUs: half a CPU for the actor leaves the read tasks room
 

@@ -1,14 +1,16 @@
-"""The pipeline on the tiny parity model: batching changes nothing, labels are scored faithfully."""
+"""The pipeline on the tiny parity model: batching changes nothing, labels are scored faithfully, and it keeps
+transformers' Pipeline contract (arguments given when it is built or called are honoured, the call's win)."""
 
 import numpy as np
 import pytest
 import soundfile
 import torch
-from transformers import LogitsProcessorList, MinLengthLogitsProcessor, MinNewTokensLengthLogitsProcessor, pipeline
+from transformers import pipeline
 
 from naturelm import NatureLMPipeline
 from naturelm.convert import convert, from_original
-from pipeline_naturelm import DEFAULT_QUERY, TASK, MinNewTokensInPlaceLogitsProcessor, build_prompt
+from audio_naturelm import stream_windows
+from pipeline_naturelm import DEFAULT_QUERY, TASK, build_prompt
 from naturelm.testing_utils import tiny_model_and_processor
 
 
@@ -37,10 +39,10 @@ def test_batched_pipeline_equals_per_window_generation(parity_model, long_record
     for output, query in zip(result, ["Caption the audio.", "What is it? Answer:"]):
         windows = output["windows"]
         assert len(windows) == -(-duration // 10) and abs(windows[-1]["end"] - duration) < 1e-3
+        every = list(stream_windows(long_recording, 10.0))
         for window in windows:
-            recording = pipe.preprocess(long_recording, query=query)
-            _, _, samples = list(recording.windows())[round(window["start"] / 10)]
-            single = processor(text=recording.prompt, audio=samples, sampling_rate=16000)
+            _, _, samples = every[round(window["start"] / 10)]
+            single = processor(text=build_prompt(processor, query), audio=samples, sampling_rate=16000)
             ids = model.generate(**single, **kwargs)[0, single["input_ids"].shape[1]:]
             assert window["text"] == processor.decode(ids, skip_special_tokens=True).strip()
 
@@ -98,23 +100,6 @@ def test_bad_inputs_are_clear_errors(tokenizer_dir):
         pipe([np.zeros(16000, np.float32)] * 2, sampling_rate=16000, query=["a"])
 
 
-@pytest.mark.parametrize("eos_token_id", [128009, [128001, 128008, 128009]])
-def test_min_new_tokens_processor_matches_transformers(eos_token_id):
-    prompt_length, min_new_tokens = 7, 3
-    ours = MinNewTokensInPlaceLogitsProcessor(prompt_length, min_new_tokens, eos_token_id)
-    theirs = LogitsProcessorList([  # what `generate(min_new_tokens=3)` builds for a 7-token prompt
-        MinLengthLogitsProcessor(prompt_length + min_new_tokens, eos_token_id),
-        MinNewTokensLengthLogitsProcessor(prompt_length, min_new_tokens, eos_token_id),
-    ])
-    generator = torch.Generator().manual_seed(0)
-    for length in range(prompt_length, prompt_length + min_new_tokens + 2):
-        input_ids = torch.zeros(3, length, dtype=torch.long)
-        scores = torch.randn(3, 128257, generator=generator)
-        expected = theirs(input_ids, scores.clone())
-        assert torch.equal(ours(input_ids, scores.clone()), expected)
-        assert torch.isinf(expected[:, eos_token_id]).all() == (length < prompt_length + min_new_tokens)
-
-
 def test_transformers_pipeline_factory_loads_the_remote_code(parity_dir, tmp_path, long_recording):
     convert(parity_dir / "original_checkpoint_full", tmp_path, parity_dir / "base_llama",
             parity_dir / "qformer_config.json", dtype="fp32")
@@ -122,3 +107,29 @@ def test_transformers_pipeline_factory_loads_the_remote_code(parity_dir, tmp_pat
     assert type(pipe).__name__ == "NatureLMPipeline"
     output = pipe(long_recording, max_new_tokens=2, min_new_tokens=2)
     assert output["file"] == long_recording and all(len(w["text"]) > 0 for w in output["windows"])
+
+
+def test_arguments_given_at_construction_are_honoured_and_the_call_overrides_them(tokenizer_dir, long_recording):
+    model, processor = tiny_model_and_processor(tokenizer_dir, seed=6)
+    calls = []  # (batch size, new tokens) of every `generate` call
+    generate = model.generate
+
+    def counting_generate(**inputs):
+        output = generate(**inputs)
+        calls.append((output.shape[0], output.shape[1] - inputs["input_ids"].shape[1]))
+        return output
+
+    model.generate = counting_generate
+    audio, rate = soundfile.read(long_recording, dtype="float32")
+    audio = audio[: 7 * 2 * rate]  # 7 windows of 2 s
+    pipe = pipeline(TASK, model=model, processor=processor, max_new_tokens=2, min_new_tokens=2, batch_size=3,
+                    window_seconds=2.0)
+    built = pipe(audio, sampling_rate=rate)
+    assert len(built["windows"]) == 7 and calls == [(3, 2), (3, 2), (1, 2)]
+
+    calls.clear()
+    called = pipe(audio, sampling_rate=rate, max_new_tokens=3, min_new_tokens=3, batch_size=2, window_seconds=3.5)
+    assert len(called["windows"]) == 4 and calls == [(2, 3), (2, 3)]
+    calls.clear()
+    pipe([audio, audio[: 3 * rate]], sampling_rate=rate)  # batches run across recordings: 7 + 2 windows
+    assert calls == [(3, 2), (3, 2), (3, 2)]

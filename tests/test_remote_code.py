@@ -68,7 +68,7 @@ def test_remote_code_round_trip_offline_without_package(parity_dir, reference, r
         merging_alpha=alpha, dtype="fp32",
     )
     code_files = {"audio_naturelm.py", "configuration_naturelm.py", "modeling_naturelm.py", "feature_extraction_naturelm.py",
-                  "processing_naturelm.py"}
+                  "processing_naturelm.py", "pipeline_naturelm.py"}
     assert code_files <= set(os.listdir(folder))
     # each other too: the fallback of the sibling imports (`except ImportError: from modeling_naturelm import ...`)
     allowed = {"torch", "transformers", "numpy"} | set(sys.stdlib_module_names) | {n[: -len(".py")] for n in code_files}

@@ -6,7 +6,7 @@ import json
 import sys
 from pathlib import Path
 
-from ..quantization import add_quantize_argument
+from ..options import DTYPE_NAMES, RELEASED_BASE_MODEL, RELEASED_MODEL, add_quantize_argument
 
 
 PREDICTIONS_FILE = "predictions.jsonl"
@@ -108,8 +108,6 @@ def _components(text: str) -> list[str]:
 
 def add_evaluate_parser(commands: argparse._SubParsersAction) -> None:
     """Adds `evaluate beans-zero` and `evaluate score` to the `naturelm` command."""
-    from ..convert import DTYPES
-    from ..loading import RELEASED_BASE_MODEL, RELEASED_MODEL
 
     evaluate = commands.add_parser("evaluate", help="BEANS-Zero benchmark: run a model, or score a predictions file")
     tasks = evaluate.add_subparsers(dest="evaluate_command", required=True)
@@ -133,7 +131,7 @@ def add_evaluate_parser(commands: argparse._SubParsersAction) -> None:
     run.add_argument("--model", default=RELEASED_MODEL,
                      help="converted folder, original checkpoint folder or hub id (default: the released model)")
     run.add_argument("--base-model", default=RELEASED_BASE_MODEL, help="base Llama for original checkpoints")
-    run.add_argument("--dtype", choices=sorted(DTYPES), default="bf16")
+    run.add_argument("--dtype", choices=sorted(DTYPE_NAMES), default="bf16")
     add_quantize_argument(run)
     run.add_argument("--merging-alpha", type=float, default=None)
     run.add_argument("--device", help="torch device (default: cuda when available, else cpu)")

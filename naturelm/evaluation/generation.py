@@ -7,7 +7,7 @@ import numpy as np
 
 from audio_naturelm import to_mono
 from modeling_naturelm import NatureLMForConditionalGeneration
-from pipeline_naturelm import Recording, generation_task, run_recordings
+from ..engine import Recording, generation_task, run_recordings
 from processing_naturelm import NatureLMProcessor
 
 

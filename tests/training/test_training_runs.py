@@ -3,6 +3,7 @@ stage 2 recipes, resuming after a hard kill, bad rows, and configuration errors.
 
 import json
 import math
+import re
 import subprocess
 import sys
 import textwrap
@@ -205,7 +206,7 @@ LOADER = textwrap.dedent(
 
     sys.meta_path.insert(0, _Block())
     import soundfile, torch
-    from transformers import AutoModel, AutoProcessor
+    from transformers import AutoModel, AutoProcessor, pipeline
 
     folder, merged, audio_path = sys.argv[1:4]
     audio, rate = soundfile.read(audio_path, dtype="float32")
@@ -220,21 +221,45 @@ LOADER = textwrap.dedent(
         with torch.no_grad():
             logits.append(model(**batch).logits[0, -1])
         model.generate(**batch, max_new_tokens=2)
-        print(json.dumps({"adapter": bool(getattr(model, "_hf_peft_config_loaded", False))}))
+        pipe = pipeline("naturelm-audio-text-to-text", model=path, trust_remote_code=True, max_new_tokens=2)
+        windows = pipe({"array": audio, "sampling_rate": rate}, window_seconds=2.0)["windows"]
+        print(json.dumps({"adapter": bool(getattr(model, "_hf_peft_config_loaded", False)),
+                          "pipeline": type(pipe).__module__, "windows": len(windows),
+                          "seconds": len(audio) / rate}))
     print(json.dumps({"max_difference": (logits[0] - logits[1]).abs().max().item()}))
     """
 )
 
 
+def assert_code_files_present(folder):
+    """Every code file that the folder's config.json names (`auto_map`, `custom_pipelines`) and the processor's
+    config names, and every sibling file they import, is in the folder."""
+    config = json.loads((folder / "config.json").read_text())
+    processor = json.loads((folder / "processor_config.json").read_text())
+    named = [*config["auto_map"].values(), *processor["auto_map"].values(),
+             *(task["impl"] for task in config["custom_pipelines"].values())]
+    modules = {reference.split(".")[0] for reference in named}
+    assert {"modeling_naturelm", "configuration_naturelm", "pipeline_naturelm"} <= modules
+    for module in modules:
+        code = (folder / f"{module}.py").read_text()
+        imported = set(re.findall(r"^\s*from \.(\w+) import", code, re.MULTILINE))
+        assert all((folder / f"{name}.py").exists() for name in imported), (module, imported)
+
+
 def _check_remote_code_load(folder, merged, dataset):
-    """The trained folder and its merged copy load with AutoModel + trust_remote_code where `naturelm` cannot be
-    imported, and give the same outputs."""
+    """The trained folder and its merged copy hold their code files, and load with AutoModel, AutoProcessor and
+    `pipeline(...)` + trust_remote_code where `naturelm` cannot be imported, and give the same outputs."""
+    assert_code_files_present(folder)
+    assert_code_files_present(merged)
     audio = read_csv(dataset / "metadata.csv")[0]["file_name"]
     result = subprocess.run([sys.executable, "-c", LOADER, str(folder), str(merged), audio], env=subprocess_env(),
                             capture_output=True, text=True, timeout=300, cwd=folder.parent)
     assert result.returncode == 0, result.stderr[-4000:]
     lines = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
     assert [line["adapter"] for line in lines[:2]] == [True, False]
+    for line in lines[:2]:  # the pipeline came from the folder's own code and windowed the whole clip
+        assert line["pipeline"].startswith("transformers_modules")
+        assert line["windows"] == math.ceil(line["seconds"] / 2)
     assert lines[2]["max_difference"] < 1e-4
 
 
@@ -258,6 +283,7 @@ def test_a_killed_run_resumes_to_the_same_weights(tiny_model_dir, mixed_task_dat
     # Checkpoints are the model's remote-code folder, adapter beside the base weights.
     assert {"modeling_naturelm.py", "processing_naturelm.py", "processor_config.json", "config.json",
             "model.safetensors", "adapter_model.safetensors"} <= {path.name for path in checkpoint.iterdir()}
+    assert_code_files_present(checkpoint)
     assert not (tmp_path / "resumed" / "model.safetensors").exists() and not probe_results(tmp_path / "probe")
 
     resumed = train_probe.run([*common, *cpu_args(tmp_path / "resumed", resume_from_checkpoint="last", **settings)])

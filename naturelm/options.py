@@ -1,0 +1,38 @@
+"""What the `naturelm` command needs before it loads anything heavy (torch, transformers): defaults, choices, and the
+errors it reports without a traceback. The modules that use them import them from here."""
+
+import argparse
+
+RELEASED_MODEL = "EarthSpeciesProject/NatureLM-audio"
+RELEASED_BASE_MODEL = "meta-llama/Llama-3.1-8B-Instruct"
+# `--dtype` names and the torch dtype each means (`naturelm.convert.DTYPES` holds the torch objects).
+DTYPE_NAMES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
+FORMATS = ("jsonl", "csv", "raven")
+QUANTIZATIONS = ("int8",)
+
+
+class WeightsUnavailableError(RuntimeError):
+    """The requested weights are neither local nor downloadable here."""
+
+
+class RayUnavailableError(ImportError):
+    """`--ray` was asked for but Ray is not installed."""
+
+
+def add_quantize_argument(parser: argparse.ArgumentParser) -> None:
+    """`--quantize int8` for every command that loads the model for inference."""
+    parser.add_argument("--quantize", choices=QUANTIZATIONS, default=None,
+                        help="int8 weights for the language model (CPU, opt-in: ~half the memory, faster; quality "
+                             "on the released weights unmeasured, see the README)")
+
+
+__all__ = [
+    "DTYPE_NAMES",
+    "FORMATS",
+    "QUANTIZATIONS",
+    "RELEASED_BASE_MODEL",
+    "RELEASED_MODEL",
+    "RayUnavailableError",
+    "WeightsUnavailableError",
+    "add_quantize_argument",
+]
