@@ -13,7 +13,9 @@ from .evaluation.commands import add_evaluate_parser
 from .evaluation.errors import EvaluationError
 from .infer import FORMATS, ResultWriter, Summary, run
 from .quantization import add_quantize_argument
-from .loading import RELEASED_BASE_MODEL, RELEASED_MODEL, WeightsUnavailableError, load_for_inference
+from .loading import (
+    RELEASED_BASE_MODEL, RELEASED_MODEL, ModelFilesError, WeightsUnavailableError, load_for_inference,
+)
 from .ray_infer import RayResources, RayUnavailableError, connect, import_ray, list_audio_files, run_ray
 from pipeline_naturelm import DEFAULT_QUERY
 
@@ -187,6 +189,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args) or 0
+    except ModelFilesError as error:  # exit 3: an environment or model error
+        print(f"naturelm: {error}", file=sys.stderr)
+        return 3
     except (WeightsUnavailableError, ConversionError, EvaluationError, FileExistsError, ValueError,
             RayUnavailableError) as error:
         print(f"naturelm: {error}", file=sys.stderr)
