@@ -1,8 +1,9 @@
 """Broken model folders, as a careless copy, a crashed download or a hand edit leaves them: a tensor deleted (Llama,
 Q-Former, BEATs, a LoRA B), config.json claiming a layer the weights lack, a mis-shaped weight, a truncated file, the
-weights only as a pickled or truncated pytorch_model.bin, an adapter config without its weights. Every door refuses
-them with one line that names the file (and the tensors), never with a login hint: `load_for_inference`,
-`naturelm infer --model` (exit 3), the Space's loader and, for the tensors, `AutoModel` remote code."""
+weights only as a pickled or truncated pytorch_model.bin, an adapter config without its weights or the reverse.
+Every door refuses them with one line that names the file (and the tensors), never with a login hint:
+`load_for_inference`, `naturelm infer --model` (exit 3), the Space's loader and, for the tensors, `AutoModel` remote
+code."""
 
 import argparse
 import json
@@ -88,6 +89,12 @@ def _adapter_file_missing(folder: Path) -> tuple[str, list[str]]:
     return "adapter_config.json", [ADAPTER, "missing"]
 
 
+def _adapter_config_missing(folder: Path) -> tuple[str, list[str]]:
+    """transformers finds an adapter by its config: without it the adapter would be left out, silently."""
+    (folder / "adapter_config.json").unlink()
+    return ADAPTER, ["adapter_config.json", "left out"]
+
+
 BREAKS = {
     "llama_tensor_deleted": _deleted("language_model.layers."),
     "qformer_tensor_deleted": _deleted(".qformer."),
@@ -99,6 +106,7 @@ BREAKS = {
     "only_a_pickled_pytorch_model_bin": _pickled_bin_only,
     "only_a_truncated_pytorch_model_bin": _truncated_bin_only,
     "adapter_file_missing": _adapter_file_missing,
+    "adapter_config_missing": _adapter_config_missing,
 }
 # What a model class can see: the tensors transformers' loading report lists.
 TENSOR_BREAKS = ["llama_tensor_deleted", "qformer_tensor_deleted", "beats_tensor_deleted", "lora_b_deleted",
