@@ -25,6 +25,7 @@ from transformers.modeling_utils import slice_logits_to_keep
 from transformers.models.wavlm.modeling_wavlm import WavLMAttention
 from transformers.processing_utils import Unpack
 from transformers.utils import ModelOutput, TransformersKwargs, can_return_tuple
+from transformers.utils.loading_report import update_key_name
 
 try:  # as remote code these files form one package; pip-installed they are top-level modules
     from .configuration_naturelm import NatureLMBeatsConfig, NatureLMConfig
@@ -35,6 +36,61 @@ except ImportError:
 # passed through `**kwargs` and the outputs subclass transformers' own, so both spellings work; callers that hand a
 # cache back in by name use this one.
 CACHE_KWARG = "cache" if "cache" in CausalLMOutputWithPast.__dataclass_fields__ else "past_key_values"
+
+
+class NatureLMCheckpointError(RuntimeError):
+    """Weights that do not fit the model their config describes: tensors missing, unexpected or mis-shaped (the LoRA
+    adapter's included). transformers only logs these and initialises the missing weights at random (a missing LoRA B
+    at zero), so the model would load and answer wrongly without a sign; NatureLM refuses them instead."""
+
+
+# What `from_pretrained` reads from a folder, in the order transformers prefers them; the first found is named.
+_WEIGHT_FILES = (
+    "model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json"
+)
+_ADAPTER_FILES = ("adapter_model.safetensors", "adapter_model.bin")
+
+
+def _weights_file(source: str | os.PathLike | None, names: tuple[str, ...], what: str) -> str:
+    """The file of a local folder that `from_pretrained` read the weights from; the hub id or folder otherwise."""
+    if source is None:
+        return f"the given {what}"
+    if os.path.isdir(source):
+        found = [os.path.join(source, name) for name in names if os.path.isfile(os.path.join(source, name))]
+        return found[0] if found else f"the {what} of {source}"
+    return f"the {what} of {source}"
+
+
+def _loading_problems(loading_info, accept_mismatched: bool = False) -> list[str]:
+    """transformers' loading report (`output_loading_info`) as phrases: the missing, unexpected and mis-shaped tensors,
+    their names grouped by layer as transformers' own report groups them."""
+    info = loading_info.to_dict() if hasattr(loading_info, "to_dict") else loading_info
+
+    def first(items: list[str]) -> str:
+        return ", ".join(items[:8]) + (f" and {len(items) - 8} more" if len(items) > 8 else "")
+
+    def names(keys) -> str:
+        return first(sorted(update_key_name(set(keys))))
+
+    problems = []
+    if info["missing_keys"]:
+        problems.append(f"{len(info['missing_keys'])} weight(s) missing: {names(info['missing_keys'])}")
+    if info["unexpected_keys"]:
+        problems.append(f"{len(info['unexpected_keys'])} unexpected: {names(info['unexpected_keys'])}")
+    if info["mismatched_keys"] and not accept_mismatched:
+        mismatched = info["mismatched_keys"]
+        shapes = sorted(f"{key} (file {tuple(file)}, model {tuple(model)})" for key, file, model in mismatched)
+        problems.append(f"{len(shapes)} mis-shaped: {first(shapes)}")
+    return problems
+
+
+def _refuse(where: str, problems: list[str], config: str = "config.json") -> None:
+    if problems:
+        raise NatureLMCheckpointError(
+            f"{where} does not fit the model its {config} describes ({'; '.join(problems)}); loaded anyway, the "
+            "model would answer with random weights in their place. Download or convert the model again (a file is "
+            f"incomplete or from another model), or correct {config} if it claims layers or sizes the weights lack."
+        )
 
 
 class _GradMultiply(torch.autograd.Function):
@@ -602,9 +658,49 @@ class NatureLMForConditionalGeneration(NatureLMPreTrainedModel, GenerationMixin)
                 layer.set_scale(adapter, alpha)
         self.config.merging_alpha = float(alpha)
 
-    def load_adapter(self, *args, **kwargs):
-        """Loads a peft adapter (transformers' integration) and applies `config.merging_alpha` to it."""
-        result = super().load_adapter(*args, **kwargs)
+    # Loading -----------------------------------------------------------------------------------------------------
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs):
+        """`PreTrainedModel.from_pretrained`, refusing with a [`NatureLMCheckpointError`] weights that transformers'
+        loading report finds missing, unexpected or mis-shaped, in the base weights or the LoRA adapter (transformers
+        would log them and initialise the missing ones at random). `ignore_mismatched_sizes=True` accepts mis-shaped
+        weights, re-initialised, as in transformers."""
+        output_loading_info = kwargs.pop("output_loading_info", False)
+        accept_mismatched = kwargs.pop("ignore_mismatched_sizes", False)
+        # True: transformers lists mis-shaped weights in its report instead of raising an error that names none
+        model, info = super().from_pretrained(
+            pretrained_model_name_or_path, *model_args, ignore_mismatched_sizes=True, output_loading_info=True, **kwargs
+        )
+        # With an adapter, `info` is the adapter's report and the base weights' is the one kept at loading
+        base_info = model.__dict__.pop("_base_loading_info", None)
+        reports = [(_WEIGHT_FILES, "model weights", "config.json", info if base_info is None else base_info)]
+        if base_info is not None and getattr(model, "_hf_peft_config_loaded", False):
+            reports.append((_ADAPTER_FILES, "LoRA adapter", "adapter_config.json", info))
+        for files, what, config, report in reports:
+            where = _weights_file(pretrained_model_name_or_path, files, what)
+            _refuse(where, _loading_problems(report, accept_mismatched), config)
+        return (model, info) if output_loading_info else model
+
+    def _adjust_missing_and_unexpected_keys(self, loading_info, *args, **kwargs):
+        """transformers' last word on the base weights' loading report, kept for `from_pretrained` to check: loading
+        an adapter afterwards replaces the report `from_pretrained` returns."""
+        result = super()._adjust_missing_and_unexpected_keys(loading_info, *args, **kwargs)
+        self._base_loading_info = loading_info
+        return result
+
+    def load_adapter(self, peft_model_id: str | None = None, *args, **kwargs):
+        """Loads a peft adapter (transformers' integration) and applies `config.merging_alpha` to it. Called by
+        itself (not from `from_pretrained`, which checks the adapter with the base weights), it refuses an adapter
+        whose tensors are missing, unexpected or mis-shaped, which peft would leave at their initial values."""
+        direct = kwargs.get("load_config") is None
+        accept_mismatched = kwargs.pop("ignore_mismatched_sizes", False) if direct else True
+        if direct:
+            kwargs["ignore_mismatched_sizes"] = True  # reported instead of raised, so the error can name them
+        result = super().load_adapter(peft_model_id, *args, **kwargs)
+        if direct:
+            where = _weights_file(peft_model_id, _ADAPTER_FILES, "LoRA adapter")
+            _refuse(where, _loading_problems(result, accept_mismatched), "adapter_config.json")
         if self.config.merging_alpha != 1.0:
             self.set_merging_alpha(self.config.merging_alpha)
         return result
@@ -665,6 +761,7 @@ NatureLMForConditionalGeneration.register_for_auto_class("AutoModel")
 __all__ = [
     "NatureLMBeatsModel",
     "NatureLMBeatsPreTrainedModel",
+    "NatureLMCheckpointError",
     "NatureLMForConditionalGeneration",
     "NatureLMModel",
     "NatureLMPreTrainedModel",

@@ -14,6 +14,7 @@ from .options import (
     FORMATS,
     RELEASED_BASE_MODEL,
     RELEASED_MODEL,
+    ModelFilesError,
     RayUnavailableError,
     WeightsUnavailableError,
     add_quantize_argument,
@@ -219,7 +220,11 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args) or 0
-    except (WeightsUnavailableError, EvaluationError, FileExistsError, ValueError, RayUnavailableError) as error:
+    except ModelFilesError as error:  # exit 3: an environment or model error
+        print(f"naturelm: {error}", file=sys.stderr)
+        return 3
+    except (WeightsUnavailableError, EvaluationError, FileExistsError, ValueError,
+            RayUnavailableError) as error:
         print(f"naturelm: {error}", file=sys.stderr)
         return 2
 

@@ -1,27 +1,79 @@
 """Resolve `--model` for the command line: a converted folder, an original-layout checkpoint, a hub id, or the
 tiny random smoke-test model; fail with a readable message when weights cannot be had."""
 
+import contextlib
 import ctypes
 import functools
 import json
+import logging
+import pickle
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
+from transformers.modeling_utils import load_state_dict
 
-from modeling_naturelm import NatureLMForConditionalGeneration
+from modeling_naturelm import NatureLMCheckpointError, NatureLMForConditionalGeneration
 from processing_naturelm import NatureLMProcessor
 
-from .options import RELEASED_BASE_MODEL, RELEASED_MODEL, WeightsUnavailableError
+from .options import RELEASED_BASE_MODEL, RELEASED_MODEL, ModelFilesError, WeightsUnavailableError
+
+
+# The weights files `from_pretrained` reads from a folder (base model, shards, LoRA adapter) and the original layout's.
+_WEIGHT_PATTERNS = ("model*.safetensors", "pytorch_model*.bin", "adapter_model.safetensors", "adapter_model.bin",
+                    "model.pt", "model.pth")
+
+
+def check_model_files(folder: Path) -> None:
+    """Refuses, with a `ModelFilesError` naming the file, a model folder whose weights files cannot all be read: each
+    is opened by the reader `from_pretrained` uses (transformers' `load_state_dict`, onto the meta device: headers
+    only), which would otherwise stop with a traceback that names no file; and a LoRA adapter config without its
+    weights, or weights without their config, which transformers would report as a download error or skip."""
+    for path in sorted({path for pattern in _WEIGHT_PATTERNS for path in folder.glob(pattern)}):
+        try:
+            load_state_dict(path, map_location="meta")
+        except pickle.UnpicklingError:
+            raise ModelFilesError(
+                f"{path} holds Python objects besides tensors (it was saved with torch.save of more than a state "
+                "dict), which loading refuses for safety; save the model with save_pretrained (safetensors) or "
+                "convert it again."
+            ) from None
+        except (SafetensorError, RuntimeError, EOFError, OSError, ValueError) as error:
+            reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+            raise ModelFilesError(
+                f"{path} is truncated or corrupt ({reason}); download or convert the model again."
+            ) from None
+    adapter_config = folder / "adapter_config.json"
+    adapter_weights = [folder / name for name in ("adapter_model.safetensors", "adapter_model.bin")]
+    if adapter_config.is_file() and not any(path.is_file() for path in adapter_weights):
+        raise ModelFilesError(
+            f"{adapter_config} declares a LoRA adapter but its weights ({adapter_weights[0].name}) are missing; copy "
+            "the whole model folder again, or convert it again."
+        )
+    if not adapter_config.is_file() and any(path.is_file() for path in adapter_weights):
+        found = next(path for path in adapter_weights if path.is_file())
+        raise ModelFilesError(
+            f"{found} has no {adapter_config.name} beside it, so the LoRA adapter would be left out; copy the whole "
+            "model folder again, or convert it again."
+        )
 
 
 def _how_to_get(model: str, reason: str) -> str:
+    """The reason, then how to get weights: for a hub id, access to the gated repos (a login); for a local path,
+    which folders `--model` takes (no login can help there)."""
+    local_copy = ("a folder made by `naturelm convert ORIGINAL_DIR OUT --base-model LLAMA_DIR`, or an original "
+                  "checkpoint folder together with --base-model LLAMA_DIR.\n")
+    if model.startswith((".", "/")) or Path(model).exists():
+        how = f"Point --model at {local_copy}"
+    else:
+        how = (
+            "The released weights are gated on the Hugging Face Hub. To use them:\n"
+            f"  1. accept the licences of {RELEASED_MODEL} and {RELEASED_BASE_MODEL} on huggingface.co,\n"
+            "  2. run `hf auth login` (or set HF_TOKEN) on a machine with internet access,\n"
+            f"  3. rerun; or point --model at a local copy: {local_copy}"
+        )
     return (
-        f"Cannot load the NatureLM-audio weights '{model}': {reason}\n"
-        "The released weights are gated on the Hugging Face Hub. To use them:\n"
-        f"  1. accept the licences of {RELEASED_MODEL} and {RELEASED_BASE_MODEL} on huggingface.co,\n"
-        "  2. run `hf auth login` (or set HF_TOKEN) on a machine with internet access,\n"
-        "  3. rerun; or point --model at a local copy: a folder made by `naturelm convert ORIGINAL_DIR OUT "
-        "--base-model LLAMA_DIR`, or an original checkpoint folder together with --base-model LLAMA_DIR.\n"
+        f"Cannot load the NatureLM-audio weights '{model}': {reason}\n{how}"
         "To see the whole pipeline run without any weights, add --smoke (a tiny random model; its answers are "
         "meaningless)."
     )
@@ -121,20 +173,48 @@ def load_for_inference(
     return loaded, processor
 
 
+@contextlib.contextmanager
+def _without_loading_report():
+    """transformers logs a table of the weights it found missing, unexpected or mis-shaped; NatureLM then refuses the
+    weights with an error naming them, so here the table would only bury that one line. Its warnings are filtered
+    out while loading (the loggers' levels stay: transformers reads them to decide on other checks)."""
+    loggers = [logging.getLogger(name) for name in ("transformers.modeling_utils", "transformers.integrations.peft")]
+
+    def errors_only(record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.ERROR
+
+    for logger in loggers:
+        logger.addFilter(errors_only)
+    try:
+        yield
+    finally:
+        for logger in loggers:
+            logger.removeFilter(errors_only)
+
+
 def _load_real(model: str, base_model: str, dtype: torch.dtype):
-    from .convert import from_original
+    from .convert import ConversionError, from_original
 
     try:
         folder = _resolve(model)
+        check_model_files(folder)
         config = json.loads((folder / "config.json").read_text())
         if "beats_cfg" in config:  # an original-layout checkpoint, e.g. the published hub repo
-            return from_original(folder, _resolve(base_model), dtype=dtype)
-        loaded = NatureLMForConditionalGeneration.from_pretrained(folder, dtype=dtype)
+            base = _resolve(base_model)
+            check_model_files(base)
+            return from_original(folder, base, dtype=dtype)
+        with _without_loading_report():
+            loaded = NatureLMForConditionalGeneration.from_pretrained(folder, dtype=dtype)
         return loaded, NatureLMProcessor.from_pretrained(folder)
-    except WeightsUnavailableError:
+    except (WeightsUnavailableError, ModelFilesError):
         raise
+    except (NatureLMCheckpointError, ConversionError) as error:
+        raise ModelFilesError(str(error)) from None
     except (OSError, ValueError) as error:
-        raise WeightsUnavailableError(_how_to_get(model, str(error).splitlines()[0])) from error
+        reason = str(error).splitlines()[0]
+        if Path(model).is_dir():  # a local folder: its files are the cause, not a login
+            raise ModelFilesError(f"Cannot load the model in {model}: {reason}") from None
+        raise WeightsUnavailableError(_how_to_get(model, reason)) from error
 
 
 def _resolve(path_or_id: str) -> Path:

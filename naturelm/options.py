@@ -15,6 +15,12 @@ class WeightsUnavailableError(RuntimeError):
     """The requested weights are neither local nor downloadable here."""
 
 
+class ModelFilesError(RuntimeError):
+    """The model's files are here but cannot be used as they are: a weights file truncated, corrupt or holding more
+    than tensors, an adapter file without its config (or the reverse), or weights that do not fit the model the
+    config describes. The message names the file and what to do; no login can fix it (exit code 3)."""
+
+
 class RayUnavailableError(ImportError):
     """`--ray` was asked for but Ray is not installed."""
 
@@ -32,6 +38,7 @@ __all__ = [
     "QUANTIZATIONS",
     "RELEASED_BASE_MODEL",
     "RELEASED_MODEL",
+    "ModelFilesError",
     "RayUnavailableError",
     "WeightsUnavailableError",
     "add_quantize_argument",

@@ -21,7 +21,7 @@ import torch
 from audio_naturelm import AudioError, audio_info, read_audio, stream_windows, window_starts
 from naturelm.convert import DTYPES, ORIGINAL_DECODING
 from naturelm.infer import MemoryWriter, format_table, run
-from naturelm.loading import RELEASED_BASE_MODEL, RELEASED_MODEL, WeightsUnavailableError, load_model
+from naturelm.loading import RELEASED_BASE_MODEL, RELEASED_MODEL, ModelFilesError, WeightsUnavailableError, load_model
 from naturelm.engine import DEFAULT_QUERY, Recording, generation_task, run_recordings
 from naturelm.plotting import figure_png, plot_windows, window_label
 from processing_naturelm import audio_instruction
@@ -133,6 +133,9 @@ class ModelHolder:
                         "Space can read (gated models need an HF_TOKEN secret of an account that accepted their "
                         "licences), or NATURELM_MODEL=tiny to try the app on a tiny random model.",
                         title="Model unavailable") from error
+                except ModelFilesError as error:  # the files are here but broken: a login would not help
+                    raise gr.Error(f"{error} Set NATURELM_MODEL to a complete model, or NATURELM_MODEL=tiny to try "
+                                   "the app on a tiny random model.", title="Model files broken") from error
                 self._loaded = model.to(s.device), processor
             return self._loaded
 
