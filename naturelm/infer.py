@@ -193,8 +193,8 @@ class ResultWriter:
             self.handle = sys.stdout
             self.handle.write(table_header(fmt))
             return
-        existing_output_check(output, resume, overwrite)
         check_output_path(output)
+        existing_output_check(output, resume, overwrite)
         self.journal = Journal(output, {"format": fmt, "fields": list(fields), **(settings or {})}, resume)
         try:
             self._open()
