@@ -75,6 +75,10 @@ def audio_info(source: AudioSource) -> tuple[int, int]:
             raise AudioError("does not exist (a broken link?)")
         if path.stat().st_size == 0:
             raise AudioError("is an empty file (0 bytes)")
+        try:
+            open(path, "rb").close()
+        except PermissionError:
+            raise AudioError("cannot be read: permission denied (check the file's permissions)") from None
         source = str(path)
     try:
         info = soundfile.info(source)

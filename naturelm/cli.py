@@ -2,13 +2,17 @@
 BEANS-Zero."""
 
 import argparse
+import os
+import shlex
 import sys
 from collections.abc import Callable
 from pathlib import Path
+
 from typing import TYPE_CHECKING
 
 from .evaluation.commands import add_evaluate_parser
 from .evaluation.errors import EvaluationError
+from .journal import OutputError, UsageError
 from .options import (
     DTYPE_NAMES,
     FORMATS,
@@ -55,15 +59,43 @@ def _load(args: argparse.Namespace):
     return load_for_inference(**_load_kwargs(args))
 
 
+LABEL_FILE_EXTENSIONS = (".txt", ".csv", ".tsv", ".json", ".lst", ".lines")
+
+
 def _labels(value: str | None) -> list[str] | None:
-    """`--labels` is a file with one label per line, or a comma-separated list."""
+    """`--labels` is a file with one label per line, or a comma-separated list. A single value that looks like a
+    path (a folder separator or a file extension) but names no file is a mistyped path, not a label."""
     if value is None:
         return None
-    lines = Path(value).read_text().splitlines() if Path(value).is_file() else value.split(",")
+    path = Path(value)
+    if path.is_file():
+        try:
+            lines = path.read_text().splitlines()
+        except (OSError, UnicodeDecodeError) as error:
+            raise UsageError(f"--labels {value}: cannot read it ({error}).") from None
+    elif "," not in value and ("/" in value or os.sep in value or path.suffix.lower() in LABEL_FILE_EXTENSIONS):
+        raise UsageError(f"--labels {value}: no such file (for a single label with a slash or a dot, end it with a "
+                         "comma: --labels 'a/b,').")
+    else:
+        lines = value.split(",")
     labels = [label.strip() for label in lines if label.strip()]
     if not labels:
-        raise ValueError(f"--labels {value!r} holds no label.")
+        raise UsageError(f"--labels {value!r} holds no label.")
     return labels
+
+
+def _settings(args: argparse.Namespace, **task: object) -> dict:
+    """What makes two runs' rows comparable; `--resume` refuses a run whose settings differ."""
+    from .journal import model_identity
+
+    return {**model_identity(args.model, args.smoke), "base_model": args.base_model, "dtype": args.dtype,
+            "merging_alpha": args.merging_alpha, "quantize": args.quantize, "window": args.window,
+            "hop": args.hop or args.window, **task}
+
+
+def _infer_settings(args: argparse.Namespace, labels: list[str] | None) -> dict:
+    return _settings(args, task="labels" if labels else "generate", query=None if labels else _query(args), labels=labels,
+                     decoding=_decoding(args))
 
 
 def _infer(args: argparse.Namespace) -> int:
@@ -75,10 +107,9 @@ def _infer(args: argparse.Namespace) -> int:
 
     files = find_audio_files(args.inputs)
     labels = _labels(args.labels)
-    writer = _writer(args)
-    model, processor = _load(args)
+    writer = _writer(args, _infer_settings(args, labels))
     return _write_run(writer, lambda: run(
-        model, processor, files, writer, _query(args), labels, args.window, args.hop, args.batch_size,
+        *_load(args), files, writer, _query(args), labels, args.window, args.hop, args.batch_size,
         progress=not args.no_progress, **_decoding(args),
     ))
 
@@ -100,12 +131,11 @@ def _write_run(writer: "ResultWriter", start: Callable[[], "Summary"]) -> int:
     return 1 if summary.failed else 0
 
 
-def _writer(args: argparse.Namespace) -> "ResultWriter":
-    from .infer import ResultWriter
+def _writer(args: argparse.Namespace, settings: dict) -> "ResultWriter":
+    from .infer import ResultWriter, output_format
 
-    fmt = args.format or {".csv": "csv", ".txt": "raven", ".tsv": "raven"}.get(
-        Path(args.output).suffix.lower() if args.output else "", "jsonl")
-    return ResultWriter(Path(args.output) if args.output else None, fmt, args.resume, args.overwrite)
+    fmt = output_format(args.output, args.format)
+    return ResultWriter(Path(args.output) if args.output else None, fmt, args.resume, args.overwrite, settings)
 
 
 def _decoding(args: argparse.Namespace) -> dict:
@@ -126,7 +156,7 @@ def _infer_on_ray(args: argparse.Namespace) -> int:
         raise ValueError("--ray-gpus-per-actor needs --device cuda (each actor sees only its own GPUs).")
     files = list_audio_files(args.inputs)
     labels = _labels(args.labels)
-    writer = _writer(args)
+    writer = _writer(args, _infer_settings(args, labels))
     load_kwargs = _load_kwargs(args)
     resources = RayResources(args.ray_actors, args.ray_cpus_per_actor, args.ray_gpus_per_actor)
 
@@ -141,15 +171,14 @@ def _infer_on_ray(args: argparse.Namespace) -> int:
 def _embed(args: argparse.Namespace) -> int:
     from audio_naturelm import find_audio_files
 
-    from .embed import embed_files, write_embeddings
+    from .embed import embed
+    from .infer import EMBED_FIELDS, ResultWriter, output_format
 
-    model, processor = _load(args)
-    table = embed_files(model, processor, find_audio_files(args.inputs), args.window, args.hop, args.batch_size)
-    write_embeddings(table, Path(args.output))
-    failed = sum(error is not None for error in table["error"])
-    print(f"naturelm: wrote {len(table['file']) - failed} window embeddings to {args.output}, {failed} failed files",
-          file=sys.stderr)
-    return 1 if failed else 0
+    fmt = output_format(args.output, None, allowed=("parquet", "npz"))
+    writer = ResultWriter(Path(args.output), fmt, args.resume, args.overwrite, _settings(args, task="embed"),
+                          fields=EMBED_FIELDS)
+    return _write_run(writer, lambda: embed(*_load(args), find_audio_files(args.inputs), writer, args.window,
+                                            args.hop, args.batch_size, progress=not args.no_progress))
 
 
 def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
@@ -166,6 +195,13 @@ def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
     add_quantize_argument(parser)
     parser.add_argument("--smoke", action="store_true",
                         help="run on a tiny random model instead of the released weights (pipeline check only)")
+
+
+def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--resume", action="store_true", help="continue an interrupted run into the same --output "
+                        "(refused if its settings differ)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --output")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -192,11 +228,10 @@ def build_parser() -> argparse.ArgumentParser:
                        "NatureLM, as the original decodes)")
     infer.add_argument("--max-new-tokens", type=int, help="longest answer (default: the checkpoint's; 300)")
     infer.add_argument("--output", help="results file (default: standard output)")
-    infer.add_argument("--format", choices=FORMATS, help="jsonl (default), csv, or raven (a Raven Pro selection "
-                       "table); guessed from the --output extension (.csv, .txt/.tsv for Raven)")
-    infer.add_argument("--resume", action="store_true", help="continue an interrupted run into the same --output")
-    infer.add_argument("--overwrite", action="store_true", help="replace an existing --output")
-    infer.add_argument("--no-progress", action="store_true", help="no progress bar")
+    infer.add_argument("--format", choices=FORMATS, help="jsonl (default), csv, raven (a Raven Pro selection "
+                       "table) or parquet; guessed from the --output extension (.jsonl, .csv, .txt/.tsv for Raven, "
+                       ".parquet); see docs/outputs.md")
+    _add_run_arguments(infer)
     infer.add_argument("--ray", nargs="?", const="", metavar="ADDRESS",
                        help="run on a Ray cluster (auto, host:6379, ray://host:10001; none: start a local Ray); "
                        "needs pip install 'naturelm[ray]'")
@@ -210,19 +245,38 @@ def build_parser() -> argparse.ArgumentParser:
     embed = commands.add_parser("embed", help="per-window audio embeddings (LLM space and mean-pooled BEATs)")
     _add_model_arguments(embed)
     embed.add_argument("--output", required=True, help="a .parquet or .npz file")
+    _add_run_arguments(embed)
     embed.set_defaults(func=_embed)
 
     add_evaluate_parser(commands)
     return parser
 
 
+def _resume_command(argv: list[str]) -> str | None:
+    """The command that continues an interrupted run (None where nothing is resumable: output to the terminal)."""
+    resumable = argv[:1] in (["infer"], ["embed"]) and any(a.startswith("--output") for a in argv)
+    if not (resumable or argv[:2] == ["evaluate", "beans-zero"]):
+        return None
+    kept = [a for a in argv if a != "--overwrite"]
+    return shlex.join(["naturelm", *kept, *([] if "--resume" in kept else ["--resume"])])
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Exit codes (docs/outputs.md): 0 done, 1 some inputs failed, 2 usage, 3 environment or model, 130 interrupted."""
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
     try:
         return args.func(args) or 0
+    except KeyboardInterrupt:
+        command = _resume_command(argv)
+        print("naturelm: interrupted" + (f"; continue with: {command}" if command else "."), file=sys.stderr)
+        return 130
     except ModelFilesError as error:  # exit 3: an environment or model error
         print(f"naturelm: {error}", file=sys.stderr)
         return 3
+    except OutputError as error:
+        print(f"naturelm: {error}", file=sys.stderr)
+        return error.exit_code
     except (WeightsUnavailableError, EvaluationError, FileExistsError, ValueError,
             RayUnavailableError) as error:
         print(f"naturelm: {error}", file=sys.stderr)

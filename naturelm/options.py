@@ -7,7 +7,7 @@ RELEASED_MODEL = "EarthSpeciesProject/NatureLM-audio"
 RELEASED_BASE_MODEL = "meta-llama/Llama-3.1-8B-Instruct"
 # `--dtype` names and the torch dtype each means (`naturelm.convert.DTYPES` holds the torch objects).
 DTYPE_NAMES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
-FORMATS = ("jsonl", "csv", "raven")
+FORMATS = ("jsonl", "csv", "raven", "parquet")
 QUANTIZATIONS = ("int8",)
 
 

@@ -67,8 +67,8 @@ def test_smoke_mode_runs_every_window_and_reports_bad_files(tmp_path, audio_dir)
 
     duration = soundfile.info(clip).duration
     assert len(good) == -(-duration // 10) and abs(good[-1]["end"] - duration) < 1e-3
-    assert all(isinstance(r["text"], str) for r in good)
-    errors = {os.path.basename(r["file"]): r["error"] for r in rows if "error" in r}
+    assert all(isinstance(r["answer"], str) for r in good)
+    errors = {os.path.basename(r["file"]): r["error"] for r in rows if r["error"]}
     assert set(errors) == {"empty.wav", "folder.wav"}  # notes.txt is not audio and is not picked up
 
 

@@ -218,17 +218,27 @@ def test_a_crashed_run_resumes_without_duplicates(tiny, mini_beans_zero, mini_be
 
 
 def test_a_line_cut_off_by_a_kill_is_dropped_on_resume(tiny, mini_beans_zero_dir, full_run, tmp_path):
+    from naturelm.evaluation.predictions import PredictionsWriter
+
     path = tmp_path / "predictions.jsonl"
-    lines = [json.dumps(record) for record in full_run.values()]
-    kept = len(lines) // 2
+    records = list(full_run.values())
+    with PredictionsWriter(path, {"decoding": {"max_new_tokens": MAX_NEW_TOKENS, "num_beams": NUM_BEAMS}}) as writer:
+        for start in range(0, len(records), 2):  # as `_run` writes them: batches of 2
+            writer.write(records[start : start + 2])
+    journal = path.with_name(path.name + ".progress")
+    settings, *entries = journal.read_text().splitlines(keepends=True)
+    kept = len(entries) // 2
     assert kept >= 1
-    path.write_text("\n".join(lines[:kept]) + "\n" + lines[kept][:17])
+    offset = json.loads(entries[kept - 1])["offset"]
+    # killed while writing the next batch and its journal line: both are cut off mid-line
+    path.write_bytes(path.read_bytes()[: offset + 17])
+    journal.write_text(settings + "".join(entries[:kept]) + entries[kept][:9])
     summary = _run(tiny, iter_rows(load_beans_zero(str(mini_beans_zero_dir))), path, resume=True)
-    assert summary.already_done == kept
+    assert summary.already_done == sum(len(json.loads(entry)["ids"]) for entry in entries[:kept])
     records = _lines(path)
     assert len(records) == len({r["id"] for r in records}) == len(full_run)
-    path.write_text("{broken\n" + "\n".join(lines) + "\n")
-    with pytest.raises(EvaluationError, match="unreadable line"):
+    journal.unlink()
+    with pytest.raises(EvaluationError, match="no journal"):
         _run(tiny, [], path, resume=True)
 
 
@@ -284,7 +294,8 @@ def test_cli_run_killed_midway_resumes_without_duplicates(mini_beans_zero, mini_
         time.sleep(0.01)
     process.send_signal(signal.SIGKILL)
     process.wait()
-    done_before = predictions.read_text().count("\n")
+    journal = predictions.with_name(predictions.name + ".progress").read_text().splitlines()[1:]
+    done_before = sum(len(json.loads(entry)["ids"]) for entry in journal)
     assert done_before < len(mini_beans_zero), "the run finished before it could be killed"
 
     # in-process from here (the kill needed a real process): an existing file needs --resume, then it completes

@@ -69,8 +69,9 @@ def _counts(stderr: str) -> str:
 
 
 def _journal(output) -> list[str]:
+    """The finished files' lines of the journal (its first line holds the run's settings)."""
     journal = output.with_name(output.name + ".progress")
-    return journal.read_text().splitlines() if journal.exists() else []
+    return journal.read_text().splitlines()[1:] if journal.exists() else []
 
 
 def _wait_for_finished_files(process, output, count: int = 1) -> None:
@@ -95,7 +96,7 @@ def test_ray_run_gives_the_rows_of_a_local_run(cluster, folder, local_run, tmp_p
     rows, counts = local_run
     assert _rows(output) == rows
     assert _counts(done.stderr) == counts
-    failed = {os.path.basename(json.loads(r)["file"]) for r in rows if "error" in json.loads(r)}
+    failed = {os.path.basename(json.loads(r)["file"]) for r in rows if json.loads(r)["error"]}
     assert failed == {"text.wav", "empty.mp3", "directory.wav"}
 
 

@@ -176,7 +176,8 @@ def test_long_recording_timeline_table_and_raven_download(page, accepted, space_
     answers = [c.text for c in page.find_elements(By.CSS_SELECTOR, "#long-table [data-testid$='-2']")
                if c.get_attribute("data-testid").startswith("cell-")]
     # The same answers as the table shows (compared without whitespace, which the browser renders its own way).
-    assert ["".join(r[8].split()) for r in rows[1:]] == ["".join(a.split()) for a in answers]
+    answer = RAVEN_COLUMNS.index("answer")
+    assert ["".join(r[answer].split()) for r in rows[1:]] == ["".join(a.split()) for a in answers]
 
 
 def test_oversize_upload_shows_the_limit(page, tmp_path):

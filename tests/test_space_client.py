@@ -118,9 +118,10 @@ def test_long_recording_gives_the_table_and_the_raven_file_of_naturelm_infer(cli
     rows = list(csv.reader(io.StringIO(Path(raven).read_text()), delimiter="\t"))
     starts = window_starts(chosen.decoded_seconds, 10, 5)
     assert rows[0] == RAVEN_COLUMNS and [float(r[3]) for r in rows[1:]] == starts
-    assert [r[:3] for r in table["data"]] == [[float(r[3]), float(r[4]), r[8]] for r in rows[1:]]
+    answer = RAVEN_COLUMNS.index("answer")
+    assert [r[:3] for r in table["data"]] == [[float(r[3]), float(r[4]), r[answer]] for r in rows[1:]]
     records = list(csv.DictReader(io.StringIO(Path(table_csv).read_text())))
-    assert list(records[0]) == CSV_COLUMNS and [r["answer"] for r in records] == [r[8] for r in rows[1:]]
+    assert list(records[0]) == CSV_COLUMNS and [r["answer"] for r in records] == [r[answer] for r in rows[1:]]
     assert f"{len(starts)} windows of 10 s every 5 s" in summary
 
     from PIL import Image

@@ -25,7 +25,6 @@ _EXPORTS = {
     "match_predictions": "postprocessing",
     "BadRow": "predictions",
     "PredictionsWriter": "predictions",
-    "completed_ids": "predictions",
     "read_predictions": "predictions",
     "BeansZeroReport": "scoring",
     "read_label_sets": "scoring",

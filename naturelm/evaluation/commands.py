@@ -55,6 +55,7 @@ def _beans_zero(args: argparse.Namespace) -> None:
     import torch
 
     from ..convert import DTYPES
+    from ..journal import UsageError, existing_output_check, model_identity
     from ..loading import load_for_inference
     from .dataset import component_label_sets, iter_rows, load_beans_zero
     from .errors import EvaluationError
@@ -63,8 +64,10 @@ def _beans_zero(args: argparse.Namespace) -> None:
 
     output_dir = Path(args.output_dir)
     predictions = output_dir / PREDICTIONS_FILE
-    if predictions.exists() and not (args.resume or args.overwrite):
-        raise EvaluationError(f"{predictions} exists; pass --resume to continue it or --overwrite to start again.")
+    try:  # before the dataset and the model are loaded
+        existing_output_check(predictions, args.resume, args.overwrite)
+    except (UsageError, FileExistsError) as error:
+        raise EvaluationError(str(error).replace("--output", "--output-dir")) from None
     dataset = load_beans_zero(args.dataset, args.split, args.streaming)
     if args.smoke:
         _log("SMOKE MODE: a tiny random NatureLM model, not the released weights; answers are meaningless.")
@@ -77,6 +80,10 @@ def _beans_zero(args: argparse.Namespace) -> None:
         model, processor, iter_rows(dataset, args.components, args.limit), predictions,
         batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, num_beams=args.num_beams,
         resume=args.resume, overwrite=args.overwrite, progress=_log,
+        settings={**model_identity(args.model, args.smoke), "base_model": args.base_model, "dtype": args.dtype,
+                  "merging_alpha": args.merging_alpha, "quantize": args.quantize,
+                  "dataset": str(Path(args.dataset).resolve()) if Path(args.dataset).exists() else args.dataset,
+                  "split": args.split, "components": args.components, "limit": args.limit},
     )
     _log(f"{summary.answered} row(s) answered, {summary.bad} bad, {summary.already_done} already in {predictions}.")
     label_sets = component_label_sets(dataset, args.components)
@@ -89,7 +96,7 @@ def _beans_zero(args: argparse.Namespace) -> None:
     _write_report(report, output_dir / METRICS_FILE, output_dir / TABLE_FILE)
 
 
-def _score(args: argparse.Namespace) -> None:
+def _score(args: argparse.Namespace) -> int:
     _require_eval_extra()
     from .scoring import read_label_sets, score_file
 
@@ -100,6 +107,10 @@ def _score(args: argparse.Namespace) -> None:
     predictions = Path(args.predictions)
     output = Path(args.output) if args.output else predictions.with_name(predictions.stem + ".metrics.json")
     _write_report(report, output, None)
+    if not sum(report.num_scored.values()):
+        _log(f"naturelm: nothing in {predictions} could be scored ({len(report.bad_rows)} bad row(s)).")
+        return 1
+    return 0
 
 
 def _components(text: str) -> list[str]:

@@ -1,7 +1,7 @@
 """
 The predictions file: JSON lines `{"id", "dataset_name", "prediction", "label"}`, one per dataset row, written a
-batch at a time (one write, flushed and synced) so that a killed run leaves whole lines, at most one cut-off last
-line, which `completed_ids` removes before a resumed run appends. Rows that could not be run are recorded as
+batch at a time (one write, flushed and synced, then journaled in `predictions.jsonl.progress`) so that a resumed
+run cuts the file back to the last journaled batch and skips its ids. Rows that could not be run are recorded as
 `{"id", "dataset_name", "error"}` so that they are reported, and not retried, by a resumed run.
 """
 
@@ -13,6 +13,7 @@ from pathlib import Path
 from types import TracebackType
 
 from .components import COMPONENTS
+from ..journal import Journal, UsageError, existing_output_check
 from .errors import EvaluationError
 
 PREDICTION_KEYS = ("id", "dataset_name", "prediction", "label")
@@ -62,20 +63,27 @@ def read_predictions(path: str | os.PathLike) -> tuple[list[dict], list[BadRow]]
 
     Returns:
         `tuple[list[dict], list[BadRow]]`: the records (each with its 1-based `"_line"`), and the lines that are not
-        JSON objects.
+        JSON objects (or not UTF-8), each with its line number.
     """
     path = Path(path)
     if not path.is_file():
         raise EvaluationError(f"Predictions file {path} does not exist.")
     records, bad = [], []
-    with path.open(encoding="utf-8") as file:
-        for number, line in enumerate(file, 1):
-            if not line.strip():
+    with path.open("rb") as file:
+        for number, raw in enumerate(file, 1):
+            if not raw.strip():
                 continue
             try:
-                record = json.loads(line)
+                record = json.loads(raw.decode("utf-8"))
+            except UnicodeDecodeError as error:
+                bad.append(BadRow(None, None, f"not UTF-8 (byte {raw[error.start]:#04x} at column {error.start + 1})",
+                                  number))
+                continue
             except json.JSONDecodeError as error:
                 bad.append(BadRow(None, None, f"not valid JSON ({error.msg})", number))
+                continue
+            except RecursionError:
+                bad.append(BadRow(None, None, "not valid JSON (nested too deeply)", number))
                 continue
             if not isinstance(record, dict):
                 bad.append(BadRow(None, None, f"not a JSON object (got {type(record).__name__})", number))
@@ -84,45 +92,45 @@ def read_predictions(path: str | os.PathLike) -> tuple[list[dict], list[BadRow]]
     return records, bad
 
 
-def completed_ids(path: str | os.PathLike) -> set[str]:
-    """
-    For resuming: removes a last line cut off by a killed run, and returns the ids the file already holds (answered
-    or recorded as errors). A missing file holds none.
-    """
-    path = Path(path)
-    if not path.exists():
-        return set()
-    data = path.read_bytes()
-    if data and not data.endswith(b"\n"):
-        with path.open("r+b") as file:
-            file.truncate(data.rfind(b"\n") + 1)
-    records, bad = read_predictions(path)
-    if bad:
-        raise EvaluationError(
-            f"{path} has {len(bad)} unreadable line(s) before its end (first: line {bad[0].line}, {bad[0].reason}); "
-            "it was not written by an interrupted run. Fix or remove it."
-        )
-    return {record_id for record_id in map(_record_id, records) if record_id is not None}
-
-
 class PredictionsWriter:
-    """Appends records to a predictions file, one `write` + flush + fsync per call, so that lines are never
-    interleaved or lost once `write` returns."""
+    """Appends records to a predictions file, one `write` + flush + fsync per call, then journals the ids written
+    (`naturelm.journal`: the byte offset after them), so that lines are never interleaved or lost once `write` returns
+    and a resumed run cuts off a batch that was written but not journaled. `done` holds the journaled ids."""
 
-    def __init__(self, path: str | os.PathLike) -> None:
+    def __init__(self, path: str | os.PathLike, settings: dict, resume: bool = False, overwrite: bool = False) -> None:
         self.path = Path(path)
+        try:
+            existing_output_check(self.path, resume, overwrite)
+        except (UsageError, FileExistsError) as error:
+            raise EvaluationError(str(error).replace("--output", "--output-dir")) from None
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._file = self.path.open("a", encoding="utf-8")
+        try:
+            self._journal = Journal(self.path, settings, resume)
+        except UsageError as error:
+            raise EvaluationError(str(error)) from None
+        self.done = {record_id for entry in self._journal.entries for record_id in entry["ids"]}
+        offset = self._journal.entries[-1]["offset"] if self._journal.entries else 0
+        try:
+            if self.path.exists() and self.path.stat().st_size < offset:
+                raise EvaluationError(f"{self.path} holds less than its journal says; rerun with --overwrite.")
+            self._file = self.path.open("ab")
+            self._file.truncate(offset)
+        except BaseException:
+            self._journal.close()
+            raise
 
     def write(self, records: Iterable[dict]) -> None:
+        records = list(records)
         text = "".join(json.dumps(record, ensure_ascii=False) + "\n" for record in records)
         if text:
-            self._file.write(text)
+            self._file.write(text.encode())
             self._file.flush()
             os.fsync(self._file.fileno())
+            self._journal.record({"ids": [r["id"] for r in records], "offset": self._file.tell()})
 
     def close(self) -> None:
         self._file.close()
+        self._journal.close()
 
     def __enter__(self) -> "PredictionsWriter":
         return self
@@ -135,7 +143,6 @@ __all__ = [
     "PREDICTION_KEYS",
     "BadRow",
     "PredictionsWriter",
-    "completed_ids",
     "invalid_prediction_reason",
     "read_predictions",
 ]

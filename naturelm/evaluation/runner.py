@@ -1,8 +1,9 @@
 """
 Running a model over BEANS-Zero rows into a predictions file, the way the original evaluation did: each clip cut or
 zero-padded to its component's length, the generic prompt for detection components with many labels, deterministic
-beam search; batches are formed within a component and appended to the file as soon as they are answered, so that a run
-can be killed and resumed (`resume=True` skips the ids already in the file).
+beam search; batches are formed within a component and appended to the file as soon as they are answered, and
+journaled (`naturelm.journal`, as `naturelm infer` does), so that a run can be killed and resumed (`resume=True` skips
+the ids the journal holds and refuses other settings).
 """
 
 import copy
@@ -18,7 +19,7 @@ from processing_naturelm import NatureLMProcessor
 from .dataset import BeansZeroExample, parse_row
 from .errors import EvaluationError
 from .generation import generate_answers
-from .predictions import BadRow, PredictionsWriter, completed_ids
+from .predictions import BadRow, PredictionsWriter
 
 
 @dataclass
@@ -60,6 +61,7 @@ def run_beans_zero(
     num_beams: int | None = None,
     resume: bool = False,
     overwrite: bool = False,
+    settings: dict | None = None,
     generate: Callable[..., list[str]] = generate_answers,
     progress: Callable[[str], None] | None = None,
 ) -> RunSummary:
@@ -74,8 +76,10 @@ def run_beans_zero(
         batch_size (`int`, defaults to 8): rows per model call, all from one component.
         max_new_tokens (`int`, *optional*), num_beams (`int`, *optional*): overrides of the checkpoint's generation
             config, which decodes as the original BEANS-Zero run (2 beams, up to 300 new tokens).
-        resume (`bool`): keep the file and skip the ids it holds (a cut-off last line is dropped first).
+        resume (`bool`): keep what the journal (`<predictions_path>.progress`) says is finished and skip those ids
+            (a batch written but not journaled is cut off first); refused if `settings` differ from the journal's.
         overwrite (`bool`): start the file afresh. Without `resume` or `overwrite` an existing file is an error.
+        settings (`dict`, *optional*): what makes predictions comparable (model, dataset, decoding ...), journaled.
         generate (`Callable`): the function that runs the model (see `generate_answers`, whose signature it shares).
         progress (`Callable[[str], None]`, *optional*): receives a line after every batch.
 
@@ -85,21 +89,16 @@ def run_beans_zero(
     if batch_size < 1:
         raise EvaluationError(f"batch_size must be positive, got {batch_size}.")
     path = Path(predictions_path)
-    if resume and overwrite:
-        raise EvaluationError("Choose one of resume and overwrite.")
-    if path.exists() and not (resume or overwrite):
-        raise EvaluationError(f"{path} exists; pass --resume to continue it or --overwrite to start again.")
-    if overwrite:
-        path.unlink(missing_ok=True)
-    previous = completed_ids(path) if resume else set()
-    seen: set[str] = set()
-    summary = RunSummary()
     decoding = {name: value for name, value in (("max_new_tokens", max_new_tokens), ("num_beams", num_beams))
                 if value is not None}
+    settings = {**(settings or {}), "decoding": decoding}
+    seen: set[str] = set()
+    summary = RunSummary()
     processors: dict[float, NatureLMProcessor] = {}
     pending: dict[str, list[BeansZeroExample]] = {}
 
-    with PredictionsWriter(path) as writer:
+    with PredictionsWriter(path, settings, resume, overwrite) as writer:
+        previous = writer.done
 
         def answer(name: str) -> None:
             examples = pending.pop(name)

@@ -39,14 +39,26 @@ def _metadata_file(folder: Path) -> Path | None:
     return next((folder / name for name in METADATA_FILES if (folder / name).is_file()), None)
 
 
+def _is_csv(config: AudioDatasetConfig) -> bool:
+    """Whether `load_dataset` will read the config's source with its CSV (pandas) builder."""
+    files = config.data_files if isinstance(config.data_files, (list, tuple)) else [config.data_files]
+    names = [config.path, *(f for f in files if isinstance(f, str))]
+    return config.path == "csv" or any(name.lower().endswith(".csv") for name in names)
+
+
+# pandas reads "None", "NA", "null", "" ... as missing values; "None" is the answer for "nothing calling", and an empty
+# cell must read as an empty answer (skipped as `empty_answer`), so CSV cells are kept as they are written.
+CSV_KWARGS = {"keep_default_na": False}
+
+
 def _load_raw(config: AudioDatasetConfig, streaming: bool) -> tuple[Dataset | IterableDataset, Path | None]:
     """`datasets.load_dataset` for the config; returns the dataset and the folder relative audio paths start from."""
     path = Path(config.path)
     if path.is_dir() and config.data_files is None and _metadata_file(path) is not None:
         metadata = _metadata_file(path)  # a local folder: audio files + metadata table (the audiofolder layout)
-        dataset = datasets.load_dataset(
-            _BUILDERS[metadata.suffix], data_files=str(metadata), split="train", streaming=streaming
-        )
+        builder = _BUILDERS[metadata.suffix]
+        dataset = datasets.load_dataset(builder, data_files=str(metadata), split="train", streaming=streaming,
+                                        **(CSV_KWARGS if builder == "csv" else {}))
         return dataset, path.resolve()
     dataset = datasets.load_dataset(
         config.path,
@@ -55,6 +67,7 @@ def _load_raw(config: AudioDatasetConfig, streaming: bool) -> tuple[Dataset | It
         data_files=config.data_files,
         split=config.split,
         streaming=streaming,
+        **(CSV_KWARGS if _is_csv(config) else {}),
     )
     base = None
     if config.path in ("csv", "json", "parquet") and isinstance(config.data_files, str):
@@ -75,7 +88,7 @@ def _encode_array(array, sampling_rate: int | None) -> dict:
 
 def _audio_storage(value, base: Path | None, sampling_rate: int | None) -> dict | None:
     """Any audio value a source can hold -> `{"bytes", "path"}` (relative paths resolved against `base`)."""
-    if value is None:
+    if value is None or value == "":  # an empty CSV cell
         return None
     if isinstance(value, str):
         value = {"bytes": None, "path": value}
@@ -125,7 +138,7 @@ def load_text_audio_dataset(config: AudioDatasetConfig, streaming: bool = False)
         return {
             "audio": [_audio_storage(value, base, rate or config.sampling_rate)
                       for value, rate in zip(batch[column["audio"]], rates)],
-            "instruction": batch[column["instruction"]],
+            "instruction": [value if value != "" else None for value in batch[column["instruction"]]],
             "output": [None if value is None else str(value) for value in batch[column["output"]]],
             "task": [t if t is not None else (config.task or "") for t in task] if task else [config.task or ""] * size,
             "source": [s or default_source for s in source] if source else [default_source] * size,
