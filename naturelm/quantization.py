@@ -1,14 +1,25 @@
-"""8-bit weights for the language model on CPU (`--quantize int8`).
+"""Quantized language-model weights (`--quantize`), three ways, each winning somewhere (docs/quantization.md):
 
-PyTorch's own dynamic-quantized Linear (`torch.ao.nn.quantized.dynamic.Linear`, the fbgemm / x86 kernels) keeps each
-weight as int8 with one scale per output channel and quantizes the activations on the fly, so the 8B language model
-drops from 16 GB of bf16 to about 8 GB and its products run on the CPU's int8 instructions (VNNI, or AVX2's
-`vpmaddubsw`). Measured here, that beat every torchao 0.18 int8 path on CPU without `torch.compile` (see the README).
+- `nf4` and `int8`: bitsandbytes through transformers' `quantization_config`: the Linears of the language model are
+  quantized while `from_pretrained` reads the checkpoint (the bf16 model never sits in memory whole), BEATs, the
+  Q-Former, the projector and `lm_head` keep their dtype (`NatureLMForConditionalGeneration._keep_in_fp32_modules`),
+  and the LoRA adapter stays a LoRA on the quantized base (QLoRA's layout: no second rounding of a merged weight, and
+  the merging alpha can still be set). For GPUs: the 8B model in ~6 GB (nf4) or ~10 GB (int8).
+- `fbgemm-int8`: PyTorch's own dynamic-quantized Linear on CPU, below. Measured much faster on CPU than either
+  bitsandbytes format, so it stays for CPU runs.
+
+fbgemm-int8: `torch.ao.nn.quantized.dynamic.Linear` (the fbgemm / x86 kernels) keeps each weight as int8 with one
+scale per output channel and quantizes the activations on the fly, so the 8B language model drops from 16 GB of bf16
+to about 8 GB and its products run on the CPU's int8 instructions (VNNI, or AVX2's `vpmaddubsw`). Measured here, that
+beat every torchao 0.18 int8 path on CPU without `torch.compile` (see the README). It converts an already loaded
+model, so the bf16 weights are read first.
 
 The kernel takes one activation scale per call (per batch), not per token: an outlier feature in one window's
 hidden state coarsens the others' quantization, so a window's answer can depend slightly on its batch, and quality
 on the released weights is unmeasured. Hence opt-in, never the default.
 """
+
+import importlib.util
 
 import torch
 from torch import nn
@@ -16,7 +27,28 @@ from torch.ao.nn.quantized.dynamic import Linear as DynamicQuantizedLinear
 
 from .loading import return_freed_memory
 
-QUANTIZATIONS = ("int8",)
+# bitsandbytes formats (quantized while the checkpoint is read), then PyTorch's CPU int8 (converted after loading)
+BITSANDBYTES = ("nf4", "int8")
+FBGEMM_INT8 = "fbgemm-int8"
+QUANTIZATIONS = (*BITSANDBYTES, FBGEMM_INT8)
+
+
+def bitsandbytes_config(method: str, dtype: torch.dtype):
+    """The `BitsAndBytesConfig` of `--quantize nf4 / int8` (None for the fbgemm path), with a readable error when
+    bitsandbytes is missing. nf4 takes double quantization (the block scales in 8 bits: ~0.4 GB less at 8B) and
+    computes in `dtype`."""
+    if method not in QUANTIZATIONS:
+        raise ValueError(f"Unknown quantization {method!r}; choose one of {', '.join(QUANTIZATIONS)}.")
+    if method not in BITSANDBYTES:
+        return None
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise ValueError(f"--quantize {method} needs bitsandbytes: pip install 'naturelm[quant]'.")
+    from transformers import BitsAndBytesConfig
+
+    if method == "nf4":
+        return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                                  bnb_4bit_compute_dtype=dtype)
+    return BitsAndBytesConfig(load_in_8bit=True)
 
 
 class Int8Linear(nn.Module):
@@ -39,14 +71,15 @@ class Int8Linear(nn.Module):
         return self.quantized(hidden_states.float()).to(hidden_states.dtype)
 
 
-def quantize_language_model(model, method: str = "int8") -> int:
+def quantize_language_model(model, method: str = FBGEMM_INT8) -> int:
     """Replaces every Linear of the language model and the `lm_head` by `Int8Linear`, one at a time (each bf16 weight
     is freed as soon as its int8 copy exists, so memory only falls), and returns how many were replaced. The audio
     encoder and projector are left as they are: they are small (~95M parameters) and compute-bound on short inputs.
     Merge the LoRA adapter first (`load_for_inference` does): the adapter's own Linears would otherwise be quantized
     as separate products."""
-    if method not in QUANTIZATIONS:
-        raise ValueError(f"Unknown quantization {method!r}; choose one of {', '.join(QUANTIZATIONS)}.")
+    if method != FBGEMM_INT8:
+        raise ValueError(f"Unknown quantization {method!r} for a loaded model; choose {FBGEMM_INT8} (the "
+                         f"bitsandbytes formats {', '.join(BITSANDBYTES)} are applied by the loader).")
     if model.device.type != "cpu":
         raise ValueError(f"--quantize {method} runs PyTorch's CPU int8 kernels; the model is on {model.device}.")
     if model._lora_layers():
@@ -61,7 +94,9 @@ def quantize_language_model(model, method: str = "int8") -> int:
 
 
 def add_quantize_argument(parser) -> None:
-    """`--quantize int8` for every command that loads the model for inference."""
+    """`--quantize` for every command that loads the model for inference."""
     parser.add_argument("--quantize", choices=QUANTIZATIONS, default=None,
-                        help="int8 weights for the language model (CPU, opt-in: ~half the memory, faster; quality "
-                             "on the released weights unmeasured, see the README)")
+                        help="quantized language model weights (opt-in; docs/quantization.md): nf4 (4-bit, ~6 GB at "
+                             "8B, for small GPUs) or int8 (~10 GB), bitsandbytes, quantized while the checkpoint is "
+                             "read, from a converted folder; fbgemm-int8 (CPU only, fastest there, converts after a "
+                             "bf16 load)")
