@@ -566,6 +566,11 @@ class NatureLMForConditionalGeneration(NatureLMPreTrainedModel, GenerationMixin)
     `model_merging_scaling`, `merge_adapter_into_weights` folds it in permanently."""
 
     _tied_weights_keys = None
+    # The audio side (BEATs, the Q-Former and its projection; ~95M parameters, compute-bound) is never quantized: a
+    # `quantization_config` (bitsandbytes 4/8-bit) converts only the language model's Linears, and transformers keeps
+    # `lm_head` as it is by default. Loaded in fp16 (GPUs without bf16, e.g. the T4), these modules are read in fp32
+    # instead: BEATs' post-LN residuals were trained in fp32/bf16 range.
+    _keep_in_fp32_modules = ["model.audio_tower", "model.audio_projector"]
 
     def __init__(self, config: NatureLMConfig):
         super().__init__(config)

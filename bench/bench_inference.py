@@ -20,7 +20,7 @@ where the CPU has no native bf16). After one warm-up batch, the recording is run
 reported. Usage:
 
     ./run python bench/bench_inference.py [tiny mid full e2e] [--batch-size 32] [--full-batch 4] [--dtype fp32|bf16]
-        [--repeats 3] [--device cpu|cuda] [--quantize int8]
+        [--repeats 3] [--device cpu|cuda] [--quantize nf4|int8|fbgemm-int8]
     ./run python bench/bench_inference.py --one SIZE,BATCH,BEAMS   # one configuration, one JSON line: size,
         # batch_size, num_beams, audio_s_per_s, peak_rss_gb (+ seconds_per_window, texts, ...); other tools read it
 """
@@ -31,12 +31,15 @@ import os
 import resource
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 from transformers import LogitsProcessor, LogitsProcessorList
+
+from naturelm.quantization import BITSANDBYTES, QUANTIZATIONS
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
@@ -82,7 +85,16 @@ def build(size: str, dtype: torch.dtype, device: str, quantize: str | None = Non
         model.merge_adapter_into_weights()
     model = model.to(device).eval()
     info["fp32_audio_encoder"] = audio_encoder_to_fp32_without_native_bf16(model)
-    if quantize:
+    if quantize in BITSANDBYTES:  # as a user gets it: quantized while a saved folder is read
+        from naturelm.loading import load_model
+
+        with tempfile.TemporaryDirectory() as folder:
+            model.save_pretrained(folder)
+            processor.save_pretrained(folder)
+            del model
+            model, _ = load_model(folder, dtype=dtype, quantize=quantize, device=device)
+        audio_encoder_to_fp32_without_native_bf16(model)
+    elif quantize:
         from naturelm.quantization import quantize_language_model
 
         quantize_language_model(model, quantize)
@@ -226,7 +238,7 @@ def main() -> None:
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="fp32")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per configuration (median reported)")
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--quantize", choices=["int8"], help="the language model in int8 (`naturelm infer --quantize`)")
+    parser.add_argument("--quantize", choices=QUANTIZATIONS, help="the language model quantized (`naturelm infer --quantize`)")
     parser.add_argument("--one", help="run one configuration SIZE,BATCH,BEAMS and print it as one JSON line")
     args = parser.parse_args()
     if args.one:

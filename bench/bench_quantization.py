@@ -1,13 +1,16 @@
-"""How far `--quantize int8` and bf16 move the outputs from fp32 (a measurement, not a test).
+"""How far each `--quantize` and bf16 move the outputs from fp32, and their seconds per window (a measurement, not a
+test).
 
 For the `tiny` parity model and the random `mid` model of `bench_inference.py`, 10-s windows of the shared recordings
-go through three placements of the same weights: fp32 (the reference), bf16 (`naturelm infer`'s default) and int8
-(bf16 loaded, then `--quantize int8`, as a user gets it). Reported against fp32:
+go through the placements of the same weights: fp32 (the reference), bf16 (`naturelm infer`'s default), and each
+`--quantize` (bitsandbytes nf4 / int8 quantized while a saved folder is read, fbgemm-int8 converted after a bf16 load;
+as a user gets them). Reported against fp32:
 
 - `logit_error`: ||logits - fp32 logits|| / ||fp32 logits||, teacher-forced on fp32's own 20-token greedy answer;
 - `top1_agreement`: share of those forced positions whose argmax equals fp32's;
 - `same_answer`: share of windows whose free-running 20-token greedy answer equals fp32's, token for token;
-- `batch_independent` (int8 only): share of windows answered the same at batch 1 and in a batch of all windows (the
+- `seconds_per_window`: the batched greedy run's wall time per window, all rows in one process (one sitting);
+- `batch_independent` (quantized rows): share of windows answered the same at batch 1 and in a batch of all windows (the
   int8 kernel scales activations per call, so a window's neighbours can move it).
 
 Random weights give near-flat next-token distributions, where a tiny error flips the argmax: the agreement figures
@@ -18,9 +21,12 @@ are a pessimistic floor, not the released model's. Usage:
 
 import argparse
 import json
+import time
 
 import torch
 from bench_inference import build, long_recording
+
+from naturelm.quantization import QUANTIZATIONS
 
 from pipeline_naturelm import DEFAULT_QUERY, build_prompt
 
@@ -60,14 +66,18 @@ def measure(size: str, windows: int) -> dict:
     exact = _forced_logits(reference, processor, clips, answers)
     del reference
     result = {"size": size, "windows": windows, "new_tokens": NEW_TOKENS}
-    for name, quantize in (("bf16", None), ("int8", "int8")):
+    for name, quantize in (("bf16", None), *((method, method) for method in QUANTIZATIONS)):
         model, _, _ = build(size, torch.bfloat16, "cpu", quantize)
         logits = _forced_logits(model, processor, clips, answers)
+        _answers(model, processor, clips[:1], 1)  # warm-up
+        started = time.perf_counter()
         free = _answers(model, processor, clips, windows)
+        seconds = time.perf_counter() - started
         row = {
             "logit_error": float((logits - exact).norm() / exact.norm()),
             "top1_agreement": float((logits.argmax(-1) == exact.argmax(-1)).float().mean()),
             "same_answer": float((free == answers).all(-1).float().mean()),
+            "seconds_per_window": seconds / windows,
         }
         if quantize:
             row["batch_independent"] = float((_answers(model, processor, clips, 1) == free).all(-1).float().mean())

@@ -8,7 +8,10 @@ RELEASED_BASE_MODEL = "meta-llama/Llama-3.1-8B-Instruct"
 # `--dtype` names and the torch dtype each means (`naturelm.convert.DTYPES` holds the torch objects).
 DTYPE_NAMES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
 FORMATS = ("jsonl", "csv", "raven", "parquet")
-QUANTIZATIONS = ("int8",)
+# bitsandbytes formats (quantized while the checkpoint is read), then PyTorch's CPU int8 (converted after loading)
+BITSANDBYTES = ("nf4", "int8")
+FBGEMM_INT8 = "fbgemm-int8"
+QUANTIZATIONS = (*BITSANDBYTES, FBGEMM_INT8)
 
 
 class WeightsUnavailableError(RuntimeError):
@@ -26,13 +29,17 @@ class RayUnavailableError(ImportError):
 
 
 def add_quantize_argument(parser: argparse.ArgumentParser) -> None:
-    """`--quantize int8` for every command that loads the model for inference."""
+    """`--quantize` for every command that loads the model for inference."""
     parser.add_argument("--quantize", choices=QUANTIZATIONS, default=None,
-                        help="int8 weights for the language model (CPU, opt-in: ~half the memory, faster; quality "
-                             "on the released weights unmeasured, see the README)")
+                        help="quantized language model weights (opt-in; docs/quantization.md): nf4 (4-bit, ~6 GB at "
+                             "8B, for small GPUs) or int8 (~10 GB), bitsandbytes, quantized while the checkpoint is "
+                             "read, from a converted folder; fbgemm-int8 (CPU only, fastest there, converts after a "
+                             "bf16 load)")
 
 
 __all__ = [
+    "BITSANDBYTES",
+    "FBGEMM_INT8",
     "DTYPE_NAMES",
     "FORMATS",
     "QUANTIZATIONS",

@@ -1,22 +1,51 @@
-"""8-bit weights for the language model on CPU (`--quantize int8`).
+"""Quantized language-model weights (`--quantize`), three ways, each winning somewhere (docs/quantization.md):
 
-PyTorch's own dynamic-quantized Linear (`torch.ao.nn.quantized.dynamic.Linear`, the fbgemm / x86 kernels) keeps each
-weight as int8 with one scale per output channel and quantizes the activations on the fly, so the 8B language model
-drops from 16 GB of bf16 to about 8 GB and its products run on the CPU's int8 instructions (VNNI, or AVX2's
-`vpmaddubsw`). Measured here, that beat every torchao 0.18 int8 path on CPU without `torch.compile` (see the README).
+- `nf4` and `int8`: bitsandbytes through transformers' `quantization_config`: the Linears of the language model are
+  quantized while `from_pretrained` reads the checkpoint (the bf16 model never sits in memory whole), BEATs, the
+  Q-Former, the projector and `lm_head` keep their dtype (`NatureLMForConditionalGeneration._keep_in_fp32_modules`),
+  and the LoRA adapter stays a LoRA on the quantized base (QLoRA's layout: no second rounding of a merged weight, and
+  the merging alpha can still be set). For GPUs: the 8B model in ~6 GB (nf4) or ~10 GB (int8).
+- `fbgemm-int8`: PyTorch's own dynamic-quantized Linear on CPU, below. Measured much faster on CPU than either
+  bitsandbytes format, so it stays for CPU runs.
+
+fbgemm-int8: `torch.ao.nn.quantized.dynamic.Linear` (the fbgemm / x86 kernels) keeps each weight as int8 with one
+scale per output channel and quantizes the activations on the fly, so the 8B language model drops from 16 GB of bf16
+to about 8 GB and its products run on the CPU's int8 instructions (VNNI, or AVX2's `vpmaddubsw`). Measured here, that
+beat every torchao 0.18 int8 path on CPU without `torch.compile` (see the README). It converts an already loaded
+model, so the bf16 weights are read first.
 
 The kernel takes one activation scale per call (per batch), not per token: an outlier feature in one window's
 hidden state coarsens the others' quantization, so a window's answer can depend slightly on its batch, and quality
 on the released weights is unmeasured. Hence opt-in, never the default.
 """
 
+import importlib.util
+
 import torch
 from torch import nn
 from torch.ao.nn.quantized.dynamic import Linear as DynamicQuantizedLinear
 
 from .loading import return_freed_memory
-from .options import QUANTIZATIONS
+from .options import BITSANDBYTES, FBGEMM_INT8, QUANTIZATIONS
 
+
+
+def bitsandbytes_config(method: str, dtype: torch.dtype):
+    """The `BitsAndBytesConfig` of `--quantize nf4 / int8` (None for the fbgemm path), with a readable error when
+    bitsandbytes is missing. nf4 takes double quantization (the block scales in 8 bits: ~0.4 GB less at 8B) and
+    computes in `dtype`."""
+    if method not in QUANTIZATIONS:
+        raise ValueError(f"Unknown quantization {method!r}; choose one of {', '.join(QUANTIZATIONS)}.")
+    if method not in BITSANDBYTES:
+        return None
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise ValueError(f"--quantize {method} needs bitsandbytes: pip install 'naturelm[quant]'.")
+    from transformers import BitsAndBytesConfig
+
+    if method == "nf4":
+        return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                                  bnb_4bit_compute_dtype=dtype)
+    return BitsAndBytesConfig(load_in_8bit=True)
 
 
 class Int8Linear(nn.Module):
@@ -39,14 +68,15 @@ class Int8Linear(nn.Module):
         return self.quantized(hidden_states.float()).to(hidden_states.dtype)
 
 
-def quantize_language_model(model, method: str = "int8") -> int:
+def quantize_language_model(model, method: str = FBGEMM_INT8) -> int:
     """Replaces every Linear of the language model and the `lm_head` by `Int8Linear`, one at a time (each bf16 weight
     is freed as soon as its int8 copy exists, so memory only falls), and returns how many were replaced. The audio
     encoder and projector are left as they are: they are small (~95M parameters) and compute-bound on short inputs.
     Merge the LoRA adapter first (`load_for_inference` does): the adapter's own Linears would otherwise be quantized
     as separate products."""
-    if method not in QUANTIZATIONS:
-        raise ValueError(f"Unknown quantization {method!r}; choose one of {', '.join(QUANTIZATIONS)}.")
+    if method != FBGEMM_INT8:
+        raise ValueError(f"Unknown quantization {method!r} for a loaded model; choose {FBGEMM_INT8} (the "
+                         f"bitsandbytes formats {', '.join(BITSANDBYTES)} are applied by the loader).")
     if model.device.type != "cpu":
         raise ValueError(f"--quantize {method} runs PyTorch's CPU int8 kernels; the model is on {model.device}.")
     if model._lora_layers():
@@ -58,4 +88,3 @@ def quantize_language_model(model, method: str = "int8") -> int:
         setattr(parent, name, Int8Linear(getattr(parent, name)))
         return_freed_memory()  # the bf16 weight and the fp32 temporaries, before the next weight is converted
     return len(targets)
-

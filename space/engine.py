@@ -23,6 +23,7 @@ from naturelm.convert import DTYPES, ORIGINAL_DECODING
 from naturelm.infer import MemoryWriter, format_table, run
 from naturelm.loading import RELEASED_BASE_MODEL, RELEASED_MODEL, ModelFilesError, WeightsUnavailableError, load_model
 from naturelm.engine import DEFAULT_QUERY, Recording, generation_task, run_recordings
+from naturelm.quantization import BITSANDBYTES
 from naturelm.plotting import figure_png, plot_windows, window_label
 from processing_naturelm import audio_instruction
 
@@ -59,6 +60,7 @@ class Settings:
     model: str = RELEASED_MODEL  # NATURELM_MODEL: converted folder, original checkpoint, hub id, or "tiny"
     base_model: str = RELEASED_BASE_MODEL  # NATURELM_BASE_MODEL: the Llama that original checkpoints need
     dtype: str = "bf16"  # NATURELM_DTYPE: bf16, fp16 or fp32
+    quantize: str | None = None  # NATURELM_QUANTIZE: nf4 or int8 (bitsandbytes; the merging-alpha slider still works)
     device: str = "cpu"  # NATURELM_DEVICE: default cuda when there is one
     max_file_mb: float = 50.0  # NATURELM_MAX_FILE_MB: the upload cap
     max_seconds: float = 600.0  # NATURELM_MAX_SECONDS: the longest recording accepted
@@ -92,11 +94,16 @@ class Settings:
         dtype = env.get("NATURELM_DTYPE", cls.dtype)
         if dtype not in DTYPES:
             raise ValueError(f"NATURELM_DTYPE={dtype!r}; choose one of {', '.join(sorted(DTYPES))}.")
+        quantize = env.get("NATURELM_QUANTIZE") or None
+        if quantize is not None and quantize not in BITSANDBYTES:
+            raise ValueError(f"NATURELM_QUANTIZE={quantize!r}; choose one of {', '.join(BITSANDBYTES)} (the Space keeps "
+                             "the LoRA adapter unmerged for its merging-alpha slider, which fbgemm-int8 cannot).")
         here = Path(__file__).resolve().parent / "examples"
         return cls(
             model=env.get("NATURELM_MODEL", cls.model),
             base_model=env.get("NATURELM_BASE_MODEL", cls.base_model),
             dtype=dtype,
+            quantize=quantize,
             device=env.get("NATURELM_DEVICE", default_device),
             max_file_mb=number("NATURELM_MAX_FILE_MB", float, cls.max_file_mb, 0.001),
             max_seconds=number("NATURELM_MAX_SECONDS", float, cls.max_seconds, 1.0),
@@ -126,7 +133,8 @@ class ModelHolder:
             if self._loaded is None:
                 s = self.settings
                 try:
-                    model, processor = load_model(s.model, s.base_model, DTYPES[s.dtype], smoke=s.smoke)
+                    model, processor = load_model(s.model, s.base_model, DTYPES[s.dtype], smoke=s.smoke,
+                                                  quantize=s.quantize, device=s.device)
                 except WeightsUnavailableError as error:
                     raise gr.Error(
                         f"{str(error).splitlines()[0]} Set NATURELM_MODEL to a converted folder or a hub id this "
@@ -136,7 +144,8 @@ class ModelHolder:
                 except ModelFilesError as error:  # the files are here but broken: a login would not help
                     raise gr.Error(f"{error} Set NATURELM_MODEL to a complete model, or NATURELM_MODEL=tiny to try "
                                    "the app on a tiny random model.", title="Model files broken") from error
-                self._loaded = model.to(s.device), processor
+                # bitsandbytes models are loaded onto the device (and refuse to move)
+                self._loaded = (model if s.quantize else model.to(s.device)), processor
             return self._loaded
 
 

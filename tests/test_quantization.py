@@ -1,4 +1,5 @@
-"""`--quantize int8`: which layers become int8, how far the outputs move, and the doors that take the option."""
+"""`--quantize`: which layers are quantized (bitsandbytes nf4/int8 through `quantization_config`, PyTorch's fbgemm int8),
+how far the outputs move, and the doors that take the option."""
 
 import copy
 import json
@@ -11,7 +12,7 @@ from torch import nn
 
 from audio_fixture import num_windows
 from naturelm.loading import load_for_inference
-from naturelm.quantization import Int8Linear, quantize_language_model
+from naturelm.quantization import BITSANDBYTES, QUANTIZATIONS, Int8Linear, bitsandbytes_config, quantize_language_model
 from naturelm.testing_utils import tiny_model_and_processor
 from pipeline_naturelm import DEFAULT_QUERY, build_prompt
 
@@ -53,8 +54,8 @@ def test_quantizing_refuses_an_unmerged_adapter_a_gpu_model_and_unknown_methods(
     with pytest.raises(ValueError, match="Merge the LoRA adapter"):
         quantize_language_model(model)
     model.merge_adapter_into_weights()
-    with pytest.raises(ValueError, match="choose one of int8"):
-        quantize_language_model(model, "int4")
+    with pytest.raises(ValueError, match="choose fbgemm-int8"):
+        quantize_language_model(model, "nf4")  # the bitsandbytes formats are the loader's
     with pytest.raises(ValueError, match="CPU int8 kernels"):
         quantize_language_model(copy.deepcopy(model).to("meta"))
 
@@ -96,7 +97,7 @@ def test_int8_logits_stay_close_to_full_precision(tiny_model_dir, audio_recordin
     from audio_naturelm import read_audio
 
     exact, processor = load_for_inference(str(tiny_model_dir), dtype=torch.float32)
-    quantized, _ = load_for_inference(str(tiny_model_dir), dtype=torch.float32, quantize="int8")
+    quantized, _ = load_for_inference(str(tiny_model_dir), dtype=torch.float32, quantize="fbgemm-int8")
     prompt = build_prompt(processor, DEFAULT_QUERY)
     clips = [read_audio(r.path)[: 16000 * 10] for r in audio_recordings[:3]]
     inputs = processor(text=[prompt] * len(clips), audio=clips, sampling_rate=16000, return_tensors="pt",
@@ -109,13 +110,70 @@ def test_int8_logits_stay_close_to_full_precision(tiny_model_dir, audio_recordin
     assert 0 < _relative_error(approximation, reference) < 0.1
 
 
-def test_infer_takes_quantize(audio_recordings, tmp_path):
+@pytest.mark.parametrize("method", QUANTIZATIONS)
+def test_infer_takes_quantize(tiny_model_dir, audio_recordings, tmp_path, method):
     output = tmp_path / "rows.jsonl"
-    command = [sys.executable, "-m", "naturelm.cli", "infer", str(audio_recordings[0].path), "--smoke",
-               "--quantize", "int8", "--num-beams", "1", "--max-new-tokens", "4", "--no-progress",
+    command = [sys.executable, "-m", "naturelm.cli", "infer", str(audio_recordings[0].path), "--model",
+               str(tiny_model_dir), "--quantize", method, "--num-beams", "1", "--max-new-tokens", "4", "--no-progress",
                "--output", str(output)]
     done = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr
     rows = [json.loads(line) for line in output.read_text().splitlines()]
     expected = num_windows(audio_recordings[0].decoded_seconds, 10.0, 10.0)
     assert len(rows) == expected and all(isinstance(r["text"], str) for r in rows)
+
+
+def _bitsandbytes_layer(method: str) -> type:
+    import bitsandbytes as bnb
+
+    return bnb.nn.Linear4bit if method == "nf4" else bnb.nn.Linear8bitLt
+
+
+@pytest.mark.parametrize("method", BITSANDBYTES)
+def test_automodel_quantizes_the_language_model_linears_only(tiny_model_dir, audio_recordings, method):
+    """A converted folder through `AutoModel` remote code with the user's own `BitsAndBytesConfig`: every Linear of
+    the language model (the LoRA adapter's own A/B aside) is a bitsandbytes layer, nothing else is; the audio side and
+    `lm_head` keep the requested dtype; the adapter stays loaded on the quantized base; the logits stay near bf16."""
+    from audio_naturelm import read_audio
+    from transformers import AutoModel
+
+    config = bitsandbytes_config(method, torch.bfloat16)
+    model = AutoModel.from_pretrained(tiny_model_dir, trust_remote_code=True, dtype=torch.bfloat16,
+                                      quantization_config=config).eval()
+    reference, processor = load_for_inference(str(tiny_model_dir), dtype=torch.bfloat16)
+    layer = _bitsandbytes_layer(method)
+    quantized = {name for name, module in model.named_modules() if isinstance(module, layer)}
+    language = {name for name, module in model.model.language_model.named_modules(prefix="model.language_model")
+                if isinstance(module, nn.Linear) and ".lora_" not in name}
+    assert quantized and quantized == language
+    assert type(model.lm_head) is nn.Linear and model.lm_head.weight.dtype == torch.bfloat16
+    for side in (model.model.audio_tower, model.model.audio_projector):
+        assert {p.dtype for p in side.parameters()} == {torch.bfloat16}
+        assert not any(isinstance(module, layer) for module in side.modules())
+    assert model._lora_layers() and model._hf_peft_config_loaded
+
+    prompt = build_prompt(processor, DEFAULT_QUERY)
+    clip = read_audio(audio_recordings[0].path)[: 16000 * 10]
+    inputs = processor(text=[prompt], audio=[clip], sampling_rate=16000, return_tensors="pt")
+    with torch.inference_mode():
+        generated = model.generate(**inputs, max_new_tokens=4, min_new_tokens=4, num_beams=1, do_sample=False)
+        logits, exact = model(**inputs).logits[0, -1], reference(**inputs).logits[0, -1]
+    assert generated.shape == (1, inputs["input_ids"].shape[1] + 4)
+    # measured 0.10 (nf4) and 0.011 (int8) on the parity model
+    assert 0 < _relative_error(logits, exact) < {"nf4": 0.3, "int8": 0.05}[method]
+
+
+def test_fp16_keeps_the_audio_side_in_fp32(tiny_model_dir):
+    """Loaded in fp16 (GPUs without bf16), BEATs and the projector are read in fp32, the language model in fp16."""
+    from transformers import AutoModel
+
+    model = AutoModel.from_pretrained(tiny_model_dir, trust_remote_code=True, dtype=torch.float16)
+    assert {p.dtype for p in model.model.audio_tower.parameters()} == {torch.float32}
+    assert {p.dtype for p in model.model.audio_projector.parameters()} == {torch.float32}
+    assert {p.dtype for p in model.model.language_model.parameters()} == {torch.float16}
+
+
+def test_quantizing_an_original_checkpoint_asks_for_a_conversion(parity_dir):
+    with pytest.raises(ValueError, match="naturelm convert"):
+        load_for_inference(str(parity_dir / "original_checkpoint_full"), str(parity_dir / "base_llama"),
+                           quantize="nf4")

@@ -8,8 +8,6 @@ Every function takes its randomness from a `numpy.random.Generator` passed in, s
 import re
 
 import numpy as np
-import torch
-import torchaudio
 
 NONE_ANSWER = "None"
 
@@ -33,15 +31,15 @@ def random_crop(waveform: np.ndarray, max_samples: int, rng: np.random.Generator
 
 
 def mix_at_snr(signal: np.ndarray, noise: np.ndarray, snr_db: float) -> np.ndarray:
-    """`signal` plus `noise` scaled to sit `snr_db` dB below it (by mean power), with torchaudio's `add_noise`.
-    `noise` must have the signal's length; silent noise (or a silent signal) leaves the signal unchanged."""
+    """`signal` plus `noise` scaled to sit `snr_db` dB below it (by mean power): torchaudio's `add_noise` in three
+    numpy lines, so training needs no torchaudio (whose wheels pin one exact torch). `noise` must have the signal's
+    length; silent noise (or a silent signal) leaves the signal unchanged."""
     if not np.any(noise) or not np.any(signal):
         return signal
-    mixed = torchaudio.functional.add_noise(
-        torch.from_numpy(signal)[None], torch.from_numpy(noise.astype(np.float32, copy=False))[None],
-        torch.tensor([snr_db], dtype=torch.float32),
-    )
-    return mixed[0].numpy()
+    noise = noise.astype(np.float32, copy=False)
+    energy_signal, energy_noise = np.sum(np.square(signal, dtype=np.float64)), np.sum(np.square(noise, dtype=np.float64))
+    scale = np.sqrt(energy_signal / (energy_noise * 10.0 ** (snr_db / 10.0)))
+    return (signal + np.float32(scale) * noise).astype(signal.dtype, copy=False)
 
 
 def split_labels(answer: str) -> list[str]:

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import torch
-from accelerate import init_empty_weights
+from accelerate import PartialState, init_empty_weights
 from peft import LoraConfig
 from transformers import AutoModelForCausalLM, GenerationConfig
 from transformers.integrations import deepspeed as hf_deepspeed
@@ -67,7 +67,8 @@ def load_model_for_training(
             if naturelm_args.audio_encoder_name_or_path:
                 raise ValueError("Give either model_name_or_path (a NatureLM checkpoint) or audio_encoder_name_or_path "
                                  "(a fresh model from BEATs + Llama), not both.")
-            return load_model(model_args.model_name_or_path, naturelm_args.text_model_name_or_path, dtype=dtype)
+            return load_model(model_args.model_name_or_path, naturelm_args.text_model_name_or_path, dtype=dtype,
+                              **_qlora_kwargs(model_args))
         if not naturelm_args.audio_encoder_name_or_path:
             raise ValueError("No starting weights: set model_name_or_path (a NatureLM checkpoint) or "
                              "audio_encoder_name_or_path + text_model_name_or_path (BEATs + Llama).")
@@ -77,6 +78,21 @@ def load_model_for_training(
             dtype=dtype,
             qformer_config=naturelm_args.qformer_overrides(),
         )
+
+
+def _qlora_kwargs(model_args: ModelConfig) -> dict:
+    """QLoRA (TRL's `load_in_4bit` / `load_in_8bit`): the loader's `nf4` / `int8`, the frozen language model quantized
+    while the checkpoint is read onto this process's device, the adapter kept as a LoRA on it (TRL's SFTTrainer trains it in bf16, as the
+    QLoRA paper does);
+    BEATs, the Q-Former and `lm_head` are never quantized."""
+    if model_args.load_in_4bit and model_args.load_in_8bit:
+        raise ValueError("Choose one of load_in_4bit and load_in_8bit.")
+    if not (model_args.load_in_4bit or model_args.load_in_8bit):
+        return {}
+    if not model_args.use_peft:
+        raise ValueError("A 4/8-bit language model trains only through a LoRA adapter: set use_peft: true.")
+    device = f"cuda:{PartialState().local_process_index}" if torch.cuda.is_available() else "cpu"
+    return {"quantize": "nf4" if model_args.load_in_4bit else "int8", "device": device}
 
 
 def load_beats_checkpoint(path: str) -> tuple[dict, dict[str, torch.Tensor]]:

@@ -23,6 +23,23 @@ def test_noise_is_mixed_at_the_requested_snr(clips, noise_dir, snr_db):
     assert np.array_equal(mix_at_snr(signal, np.zeros_like(signal), snr_db), signal)  # silent noise: no change
 
 
+def test_noise_mix_matches_torchaudio_add_noise(clips, noise_dir):
+    """The numpy mix is torchaudio's `add_noise` (the reference; torchaudio is a test-only dependency)."""
+    import torch
+    import torchaudio
+
+    signal = clips[1]
+    noise = fit_length(decode_audio(next(noise_dir.iterdir())), signal.size, np.random.default_rng(1))
+    reference = torchaudio.functional.add_noise(
+        torch.from_numpy(signal)[None], torch.from_numpy(noise)[None], torch.tensor([3.0])
+    )[0].numpy()
+    mixed = mix_at_snr(signal, noise, 3.0)
+    assert mixed.dtype == signal.dtype
+    # torchaudio sums the energies in fp32, the numpy lines in fp64: the added noise agrees to fp32 summation error
+    added, reference_added = mixed.astype(np.float64) - signal, reference.astype(np.float64) - signal
+    np.testing.assert_allclose(added, reference_added, rtol=1e-4, atol=1e-4 * np.abs(reference_added).max())
+
+
 def test_fit_length_loops_short_and_crops_long_noise():
     rng = np.random.default_rng(0)
     short = np.arange(5, dtype=np.float32)

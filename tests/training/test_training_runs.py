@@ -294,3 +294,40 @@ def test_a_killed_run_resumes_to_the_same_weights(tiny_model_dir, mixed_task_dat
     assert expected.keys() == actual.keys()
     for key, value in expected.items():
         assert torch.allclose(actual[key], value, rtol=1e-5, atol=1e-7), key
+
+
+def test_qlora_recipe_trains_the_adapter_on_a_4bit_language_model(tiny_model_dir, species_dataset, tmp_path,
+                                                                  one_thread):
+    """finetune_qlora.yaml on the tiny model, two steps on CPU: the language model's Linears are 4-bit, the audio
+    side and lm_head are not; only the LoRA weights move, and the 4-bit base stays as it was read."""
+    import bitsandbytes as bnb
+
+    recipe = yaml.safe_load((RECIPES / "finetune_qlora.yaml").read_text())
+    assert recipe["load_in_4bit"] and recipe["use_peft"] and recipe["gradient_checkpointing"]
+    parser = train_probe.sft.make_parser()
+    args = parser.parse_args_and_config([
+        "--config", str(RECIPES / "finetune_qlora.yaml"), "--model_name_or_path", str(tiny_model_dir),
+        "--lora_r", "8", "--lora_alpha", "16", "--datasets", str(species_dataset), "--test_split_size", "0.5",
+        "--eval_strategy", "no", "--max_steps", "2", "--gradient_accumulation_steps", "1", "--warmup_steps", "0",
+        "--learning_rate", "1e-2",
+        "--optim", "adamw_torch",  # the recipe's paged 8-bit AdamW pages through CUDA memory
+        *cpu_args(tmp_path / "out", per_device_train_batch_size=2),
+    ])
+    trainer = train_probe.sft.build_trainer(*args)
+    model = trainer.model
+    four_bit = {name for name, module in model.named_modules() if isinstance(module, bnb.nn.Linear4bit)}
+    assert four_bit and all(name.startswith("model.language_model.") for name in four_bit)
+    assert not any(isinstance(m, bnb.nn.Linear4bit) for m in [*model.model.audio_tower.modules(),
+                                                               *model.model.audio_projector.modules(), model.lm_head])
+    trainable = {name for name, param in model.named_parameters() if param.requires_grad}
+    assert trainable and all(".lora_" in name for name in trainable)
+    # TRL's SFTTrainer keeps a QLoRA adapter in bf16, as the QLoRA paper does
+    assert {model.get_parameter(name).dtype for name in trainable} == {torch.bfloat16}
+    lora, base = _parameters(model, "lora_"), _parameters(model, "language_model.layers.0.mlp")
+    trainer.train()
+
+    losses = loss_history(trainer.state.log_history)
+    assert len(losses) == 2 and all(math.isfinite(loss) for loss in losses)
+    after = _parameters(model, "lora_")
+    assert any(not torch.equal(value, after[name]) for name, value in lora.items())
+    assert all(torch.equal(value, _parameters(model, "language_model.layers.0.mlp")[name]) for name, value in base.items())
