@@ -206,19 +206,46 @@ def test_audio_aligned_with_placeholders_in_system_and_earlier_turns(server):
     messages = [{"role": "system", "content": f"Reference call: {SPAN}"},
                 {"role": "user", "content": "Remember it."}, {"role": "assistant", "content": "Done."},
                 {"role": "user", "content": f"Is {SPAN} the same species?"}]
-    slots = lambda *clips: [{"payload_type": "base64_wav", "data": c, "sample_rate": 16000} for c in clips]  # noqa
-    answers = _by_id(_predict(server, [_item("ab", slots(a, b), messages, max_tokens=30),
-                                       _item("ba", slots(b, a), messages, max_tokens=30)]))
-    assert _ok(answers["ab"]) != _ok(answers["ba"]), "the clips must go to their own placeholders"
-    # the same conversation through the OpenAI endpoint (parts joined by spaces) gives the same answer
-    parts = [[{"type": "text", "text": "Reference call:"}, {"type": "input_audio", "input_audio": {"data": a}}],
-             "Remember it.", "Done.",
-             [{"type": "text", "text": "Is"}, {"type": "input_audio", "input_audio": {"data": b}},
-              {"type": "text", "text": "the same species?"}]]
-    chat = httpx.post(server.url + "/v1/chat/completions", timeout=300, json={
-        "model": "naturelm", "max_tokens": 30, "temperature": 0, "num_beams": 1,
-        "messages": [{"role": m["role"], "content": p} for m, p in zip(messages, parts)]})
-    assert chat.json()["choices"][0]["message"]["content"] == _ok(answers["ab"])
+
+    def parts(first: str, second: str) -> list[dict]:
+        """The same conversation as OpenAI content parts (joined by spaces, as the chat template joins them)."""
+        contents = [[{"type": "text", "text": "Reference call:"}, {"type": "input_audio", "input_audio": {"data": first}}],
+                    "Remember it.", "Done.",
+                    [{"type": "text", "text": "Is"}, {"type": "input_audio", "input_audio": {"data": second}},
+                     {"type": "text", "text": "the same species?"}]]
+        return [{"role": m["role"], "content": c} for m, c in zip(messages, contents)]
+
+    def chat(**body) -> dict:
+        reply = httpx.post(server.url + "/v1/chat/completions", timeout=300, json={"model": "naturelm", **body})
+        assert reply.status_code == 200, reply.text
+        return reply.json()
+
+    slots = [{"payload_type": "base64_wav", "data": clip, "sample_rate": 16000} for clip in (a, b)]
+    answer = _ok(_by_id(_predict(server, [_item("ab", slots, messages, max_tokens=30)]))["ab"])
+    greedy = dict(max_tokens=30, temperature=0, num_beams=1)
+    assert chat(messages=parts(a, b), **greedy)["choices"][0]["message"]["content"] == answer
+    labels = ["same", "different"]
+    ab = chat(messages=parts(a, b), candidate_labels=labels)["label_scores"]
+    assert chat(messages=parts(a, b), candidate_labels=labels)["label_scores"] == ab
+    assert chat(messages=parts(b, a), candidate_labels=labels)["label_scores"] != ab, \
+        "each clip must go to its own placeholder"
+
+
+def test_prompt_rendering():
+    from naturelm.serve import RequestError, render_prompt
+    from naturelm.testing_utils import tiny_model_and_processor
+    from pipeline_naturelm import build_prompt
+
+    processor = tiny_model_and_processor()[1]
+    query = "Which species?"
+    assert render_prompt(processor, [{"role": "user", "content": query}], 1) == build_prompt(processor, query)
+    turns = [{"role": "system", "content": f"Ref {SPAN}"}, {"role": "user", "content": f"Is {SPAN} it?"}]
+    prompt = render_prompt(processor, turns, 2)
+    assert prompt.index("system") < prompt.index(f"Ref {SPAN}") < prompt.index("user") < prompt.index(f"Is {SPAN} it?")
+    for messages, clips in (([], 1), (turns, 1), (turns, 3), ([{"role": "user", "content": "x"}], 0),
+                            ([{"role": "user", "content": "x"}], 2), ([{"role": "user"}], 1)):
+        with pytest.raises(RequestError):
+            render_prompt(processor, messages, clips)
 
 
 def test_openai_client(server, audio_recordings):
