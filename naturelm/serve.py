@@ -21,6 +21,7 @@ import asyncio
 import base64
 import binascii
 import contextlib
+import hmac
 import ipaddress
 import json
 import socket
@@ -420,8 +421,9 @@ def create_app(model, processor, settings: ServeSettings, model_name: str, model
         batcher.close()
 
     async def authorize(request: Request) -> None:
+        sent = request.headers.get("authorization", "").encode()
         if (settings.api_key and request.url.path != "/health"
-                and request.headers.get("authorization", "") != f"Bearer {settings.api_key}"):
+                and not hmac.compare_digest(sent, f"Bearer {settings.api_key}".encode())):
             raise RequestError("missing or wrong bearer token (send Authorization: Bearer <key>)", 401)
 
     app = FastAPI(title="NatureLM-audio", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None,
@@ -440,6 +442,7 @@ def create_app(model, processor, settings: ServeSettings, model_name: str, model
         key = task_key(config)
         if not isinstance(audio, list):
             raise RequestError("audio_inputs must be a list")
+        prompt = render_prompt(processor, messages, len(audio))  # before decoding: cheap refusals first
         clips = []
         for number, slot in enumerate(audio):
             if not isinstance(slot, dict) or not {"payload_type", "data"} <= set(slot):
@@ -448,7 +451,7 @@ def create_app(model, processor, settings: ServeSettings, model_name: str, model
                 clips.append(load_clip(slot["payload_type"], slot["data"], settings))
             except AudioError as error:
                 raise AudioError(f"audio_inputs[{number}]: {error}") from None
-        return Job(render_prompt(processor, messages, len(clips)), clips, key)
+        return Job(prompt, clips, key)
 
     def predict_item(item: dict) -> Job:
         if not {"messages", "audio_inputs", "generation_config"} <= set(item):
