@@ -3,7 +3,7 @@ not a test).
 
 The mid model of `bench_inference.py` (full BEATs and Q-Former, a Llama of hidden 512 x 4 layers; random weights) is
 saved as a converted folder (`bench_ray.save_mid_model`), which both sides load with `load_for_inference` (fp32).
-The clips are the first `--clients` 10-s windows of the shared recordings (`../shared/audio`, env
+The clips are `--clients` 10-s windows (every 2.5 s) of the shared recordings (`../shared/audio`, env
 NATURELM_AUDIO_DIR), sent as WAV. Both sides decode greedily with at most 20 new tokens, the default query,
 `--batch-size` clips per model call:
 
@@ -42,18 +42,19 @@ SHARED = Path(__file__).resolve().parents[2] / "shared"
 MAX_NEW_TOKENS = 20
 
 
-def clips(count: int, seconds: float = 10.0) -> list[np.ndarray]:
-    """The first `count` whole `seconds` windows of the shared recordings (16 kHz mono, the one audio reader)."""
+def clips(count: int, seconds: float = 10.0, hop: float = 2.5) -> list[np.ndarray]:
+    """`count` whole `seconds` windows of the shared recordings, every `hop` s (16 kHz mono, the one audio reader);
+    repeated from the first if the recordings hold fewer."""
     from audio_naturelm import SAMPLING_RATE, read_audio
 
     audio_dir = Path(os.environ.get("NATURELM_AUDIO_DIR", SHARED / "audio"))
-    size, found = int(seconds * SAMPLING_RATE), []
+    size, step, found = int(seconds * SAMPLING_RATE), int(hop * SAMPLING_RATE), []
     for path in sorted(audio_dir.iterdir()):
         samples = read_audio(path)
-        found += [samples[start: start + size] for start in range(0, len(samples) - size + 1, size)]
-    if len(found) < count:
-        raise SystemExit(f"only {len(found)} whole {seconds:g}-s windows in {audio_dir}; need {count}")
-    return found[:count]
+        found += [samples[start: start + size] for start in range(0, len(samples) - size + 1, step)]
+    if not found:
+        raise SystemExit(f"no whole {seconds:g}-s window in {audio_dir}")
+    return [found[i % len(found)] for i in range(count)]
 
 
 def percentile(values: list[float], q: float) -> float:
