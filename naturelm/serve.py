@@ -283,6 +283,7 @@ class Batcher:
         self._closed = False
         self.answered = 0
         self.dropped = 0
+        self.running = 0
         self._thread = threading.Thread(target=self._loop, daemon=True, name="naturelm-serve-engine")
 
     def start(self) -> None:
@@ -340,6 +341,7 @@ class Batcher:
         while (batch := self._next_batch()) is not None:
             if not batch:
                 continue
+            self.running = len(batch)
             try:
                 results = list(zip(batch, self._answer(batch)))
             except Exception:  # noqa: BLE001 - find the job at fault: each alone
@@ -349,9 +351,10 @@ class Batcher:
                         results.append((job, self._answer([job])[0]))
                     except Exception as error:  # noqa: BLE001 - one job's failure is that job's answer
                         job.future.set_exception(error)
+            self.answered += len(batch)
+            self.running = 0
             for job, row in results:
                 job.future.set_result(row)
-            self.answered += len(batch)
 
 
 # The HTTP app ---------------------------------------------------------------------------------------------------------
@@ -469,8 +472,8 @@ def create_app(model, processor, settings: ServeSettings, model_name: str, model
     async def health() -> JSONResponse:
         if not batcher.alive:
             return JSONResponse({"status": "unavailable"}, 503)
-        return JSONResponse({"status": "ok", "queued": batcher.queued, "answered": batcher.answered,
-                             "dropped": batcher.dropped})
+        return JSONResponse({"status": "ok", "queued": batcher.queued, "running": batcher.running,
+                             "answered": batcher.answered, "dropped": batcher.dropped})
 
     @app.get("/info")
     async def info() -> dict:

@@ -286,15 +286,17 @@ def test_client_killed_mid_request_does_not_stall_the_queue(server):
     client.stdin.write(request.encode())
     client.stdin.close()
     deadline = time.time() + 120
-    while httpx.get(server.url + "/health").json()["queued"] == 0 and time.time() < deadline:
-        if client.poll() is not None:
+    while client.poll() is None and time.time() < deadline:
+        health = httpx.get(server.url + "/health").json()
+        if health["queued"] + health["running"] > 0:
             break
         time.sleep(0.05)
     client.send_signal(signal.SIGKILL)
-    client.wait()
+    assert client.wait() == -signal.SIGKILL, "the client must be killed before its answer for this test to mean anything"
     after = _by_id(_predict(server, [_item("after")]))
     _ok(after["after"])
-    assert httpx.get(server.url + "/health").json()["queued"] == 0
+    health = httpx.get(server.url + "/health").json()
+    assert health["queued"] == health["running"] == 0
 
 
 def test_same_answer_as_infer(server, audio_recordings, tmp_path):
