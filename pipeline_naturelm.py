@@ -34,12 +34,19 @@ DEFAULT_QUERY = "What is the common name for the focal species in the audio? Ans
 
 @dataclass
 class AudioWindow:
-    """One window of a recording: 16 kHz mono samples, where they lie in the recording, and the prompt to ask."""
+    """One window of a recording: 16 kHz mono samples, where they lie in the recording, and the prompt to ask. A
+    prompt with several `<AudioHere>` placeholders (a chat turn about several clips) takes a list of clips, in
+    placeholder order."""
 
     start: float
     end: float
-    audio: np.ndarray
+    audio: np.ndarray | list[np.ndarray]
     prompt: str = ""
+
+
+def window_clips(windows: list[AudioWindow]) -> list[np.ndarray]:
+    """Every clip of a batch in placeholder order across its prompts, as the processor takes them."""
+    return [clip for w in windows for clip in (w.audio if isinstance(w.audio, list) else [w.audio])]
 
 
 def build_prompt(processor, query: str) -> str:
@@ -51,7 +58,7 @@ def build_prompt(processor, query: str) -> str:
 def generate_answers(model, processor, windows: list[AudioWindow], **generate_kwargs) -> list[str]:
     """Answers for a batch of windows in one `generate` call (left-padded prompts), decoded as generated."""
     batch = processor(
-        text=[w.prompt for w in windows], audio=[w.audio for w in windows],
+        text=[w.prompt for w in windows], audio=window_clips(windows),
         sampling_rate=processor.feature_extractor.sampling_rate,
     ).to(model.device)
     output = model.generate(**batch, **generate_kwargs)
@@ -76,7 +83,7 @@ def score_candidate_labels(model, processor, windows: list[AudioWindow], labels:
         token_mask[row, : len(ids)] = 1
 
     prefix = processor(
-        text=[w.prompt for w in windows], audio=[w.audio for w in windows],
+        text=[w.prompt for w in windows], audio=window_clips(windows),
         sampling_rate=processor.feature_extractor.sampling_rate,
     ).to(model.device)
     positions = (prefix["attention_mask"].cumsum(-1) - 1).clamp(min=0)
@@ -256,4 +263,5 @@ __all__ = [
     "save_pipeline_code",
     "score_candidate_labels",
     "window_rows",
+    "window_clips",
 ]

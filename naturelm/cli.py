@@ -1,9 +1,11 @@
 """The `naturelm` command: `convert` an original checkpoint, `infer` over recordings, `embed` them, `evaluate` on
-BEANS-Zero."""
+BEANS-Zero, `serve` the model over HTTP."""
 
 import argparse
 import os
 import shlex
+
+
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -181,14 +183,36 @@ def _embed(args: argparse.Namespace) -> int:
                                             args.hop, args.batch_size, progress=not args.no_progress))
 
 
-def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("inputs", nargs="+", help="audio files or folders (searched recursively by extension)")
+def _serve(args: argparse.Namespace) -> int:
+    from .serve import ServeSettings, serve  # FastAPI and uvicorn come with the [serve] extra
+
+    settings = ServeSettings(
+        host=args.host, port=args.port, api_key=args.api_key, allowed_dirs=[Path(d) for d in args.allow_path],
+        allow_urls=args.allow_urls, max_batch_size=args.max_batch_size, batch_size=args.batch_size,
+        max_wait_s=args.max_wait_ms / 1000, max_queue=args.max_queue, max_body_bytes=int(args.max_body_mb * 2**20),
+        max_audio_seconds=args.max_audio_seconds,
+    )
+    settings.check()
+    model, processor = _load(args)
+    return serve(model, processor, settings, *_model_identity(args))
+
+
+def _model_identity(args: argparse.Namespace) -> tuple[str, str]:
+    """The model's name and revision for `/info` (recorded by BEANS-Next for reproducibility): a hub id's commit, a
+    folder's resolved path, or the smoke model."""
+    if args.smoke:
+        return "naturelm-smoke", "tiny random weights (seed 0)"
+    if Path(args.model).is_dir():
+        return args.model, f"local folder {Path(args.model).resolve()}"
+    from huggingface_hub import snapshot_download
+
+    return args.model, Path(snapshot_download(args.model, local_files_only=True)).name
+
+
+def _add_loading_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default=RELEASED_MODEL,
                         help="converted folder, original checkpoint folder or hub id (default: the released model)")
     parser.add_argument("--base-model", default=RELEASED_BASE_MODEL, help="base Llama for original checkpoints")
-    parser.add_argument("--window", type=float, default=10.0, help="window length in seconds (default 10)")
-    parser.add_argument("--hop", type=float, default=None, help="hop between windows in seconds (default: window)")
-    parser.add_argument("--batch-size", type=int, default=8, help="windows per batch, across files")
     parser.add_argument("--merging-alpha", type=float, default=None, help="LoRA scale factor (default: the model's)")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, mps ...")
     parser.add_argument("--dtype", choices=sorted(DTYPE_NAMES), default="bf16")
@@ -202,6 +226,14 @@ def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
                         "(refused if its settings differ)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --output")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("inputs", nargs="+", help="audio files or folders (searched recursively by extension)")
+    _add_loading_arguments(parser)
+    parser.add_argument("--window", type=float, default=10.0, help="window length in seconds (default 10)")
+    parser.add_argument("--hop", type=float, default=None, help="hop between windows in seconds (default: window)")
+    parser.add_argument("--batch-size", type=int, default=8, help="windows per batch, across files")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -249,6 +281,28 @@ def build_parser() -> argparse.ArgumentParser:
     embed.set_defaults(func=_embed)
 
     add_evaluate_parser(commands)
+
+    srv = commands.add_parser("serve", help="serve the model over HTTP: BEANS-Next predictions_v1 and OpenAI-style "
+                              "chat completions (needs pip install 'naturelm[serve]'); see docs/serving.md")
+    _add_loading_arguments(srv)
+    srv.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only; "
+                     "any other needs --api-key)")
+    srv.add_argument("--port", type=int, default=8000)
+    srv.add_argument("--api-key", default=os.environ.get("NATURELM_API_KEY") or None,
+                     help="bearer token callers must send (default: env NATURELM_API_KEY; none on 127.0.0.1)")
+    srv.add_argument("--allow-path", action="append", default=[], metavar="DIR",
+                     help="let file_path audio be read from under DIR (repeatable; default: file_path refused)")
+    srv.add_argument("--allow-urls", action="store_true",
+                     help="fetch file_url audio (public addresses only; default: refused)")
+    srv.add_argument("--max-batch-size", type=int, default=32, help="most items in one /predict call (413 above)")
+    srv.add_argument("--batch-size", type=int, default=8, help="most items in one model call, across clients")
+    srv.add_argument("--max-wait-ms", type=float, default=20.0,
+                     help="how long a queued item waits for others to share its batch (default 20)")
+    srv.add_argument("--max-queue", type=int, default=256, help="most items waiting (429 above)")
+    srv.add_argument("--max-body-mb", type=float, default=64.0, help="largest request body (413 above)")
+    srv.add_argument("--max-audio-seconds", type=float, default=120.0,
+                     help="longest clip accepted (the model hears its first 10 s, as the original does)")
+    srv.set_defaults(func=_serve)
     return parser
 
 
