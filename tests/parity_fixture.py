@@ -14,6 +14,7 @@ Usage: `./run python tests/parity_fixture.py SOURCE_DIR TARGET_DIR` writes one t
 `NATURELM_PARITY_DIR=TARGET_DIR`).
 """
 
+import argparse
 import json
 import sys
 from pathlib import Path
@@ -85,6 +86,8 @@ __all__ = ["AUDIO_TENSORS", "derived_prompt", "mid_sentence", "original_instruct
 
 
 if __name__ == "__main__":
-    if len(sys.argv) != 3:
-        sys.exit("usage: python tests/parity_fixture.py SOURCE_DIR TARGET_DIR")
-    print(write_derived_fixture(Path(sys.argv[1]), Path(sys.argv[2])))
+    parser = argparse.ArgumentParser(description="Write a parity fixture whose queries hold the audio placeholder.")
+    parser.add_argument("source", type=Path, help="a parity fixture folder (e.g. ../shared/parity)")
+    parser.add_argument("target", type=Path, help="where to write the derived fixture")
+    cli = parser.parse_args()
+    print(write_derived_fixture(cli.source, cli.target))
