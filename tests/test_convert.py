@@ -177,4 +177,4 @@ def test_checkpoints_decode_like_the_original_whatever_the_base_samples(parity_d
     output = tmp_path / "rows.jsonl"
     assert main(["infer", str(recording), "--model", str(converted), "--dtype", "fp32", "--output", str(output),
                  "--no-progress"]) == 0
-    assert json.loads(output.read_text())["text"] == expected.strip()
+    assert json.loads(output.read_text())["answer"] == expected.strip()

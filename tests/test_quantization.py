@@ -120,7 +120,7 @@ def test_infer_takes_quantize(tiny_model_dir, audio_recordings, tmp_path, method
     assert done.returncode == 0, done.stderr
     rows = [json.loads(line) for line in output.read_text().splitlines()]
     expected = num_windows(audio_recordings[0].decoded_seconds, 10.0, 10.0)
-    assert len(rows) == expected and all(isinstance(r["text"], str) for r in rows)
+    assert len(rows) == expected and all(isinstance(r["answer"], str) for r in rows)
 
 
 def _bitsandbytes_layer(method: str) -> type:
