@@ -17,6 +17,7 @@ from transformers.modeling_utils import load_state_dict
 from modeling_naturelm import NatureLMCheckpointError, NatureLMForConditionalGeneration
 from processing_naturelm import NatureLMProcessor
 
+from . import auto  # noqa: F401  (NatureLM folders resolve to this code, e.g. the processor's feature extractor)
 from .options import RELEASED_BASE_MODEL, RELEASED_MODEL, ModelFilesError, WeightsUnavailableError
 
 
