@@ -306,7 +306,7 @@ def test_same_answer_as_infer(server, audio_recordings, tmp_path):
                                    "--query", query, "--no-progress"),
                           env=_env(tmp_path), capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr
-    expected = json.loads(done.stdout.splitlines()[0])["text"]
+    expected = json.loads(done.stdout.splitlines()[0])["answer"]
     slot = {"payload_type": "file_path", "data": str(server.allowed / clip.name), "sample_rate": 16000}
     answer = _by_id(_predict(server, [_item("same", [slot], [{"role": "user", "content": query}],
                                             max_tokens=12)]))["same"]
