@@ -6,7 +6,9 @@ This file travels with checkpoints as remote code, so it imports only torch, tra
 
 import math
 import os
+import shutil
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -14,6 +16,7 @@ from torch.nn import functional as F
 from transformers import AutoModel, Blip2QFormerModel, GenerationMixin, PreTrainedModel
 from transformers import initialization as init
 from transformers.activations import ACT2FN
+from transformers.dynamic_module_utils import get_relative_import_files
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import (
     BaseModelOutput,
@@ -36,6 +39,23 @@ except ImportError:
 # passed through `**kwargs` and the outputs subclass transformers' own, so both spellings work; callers that hand a
 # cache back in by name use this one.
 CACHE_KWARG = "cache" if "cache" in CausalLMOutputWithPast.__dataclass_fields__ else "past_key_values"
+
+# The pipeline every saved folder declares (`custom_pipelines` in config.json) and carries (its code file and the
+# sibling files it imports), so `pipeline(PIPELINE_TASK, model=folder, trust_remote_code=True)` loads it anywhere.
+PIPELINE_TASK = "naturelm-audio-text-to-text"
+PIPELINE_CLASS = "pipeline_naturelm.NatureLMPipeline"
+
+
+def save_pipeline_code(config, save_directory: str | os.PathLike | None = None) -> None:
+    """Declares the pipeline in `config` and, given a folder, copies its code file and the files it imports there
+    (found by transformers' own `get_relative_import_files`, as `custom_object_save` finds them). Named here by
+    file, not imported: the pipeline imports this module."""
+    config.custom_pipelines = {PIPELINE_TASK: {"impl": PIPELINE_CLASS, "pt": ["AutoModel"]}}
+    if save_directory is not None:
+        source = Path(__file__).with_name(f"{PIPELINE_CLASS.split('.')[0]}.py")
+        for path in [source, *map(Path, get_relative_import_files(source))]:
+            if Path(save_directory, path.name).resolve() != path.resolve():
+                shutil.copy(path, Path(save_directory, path.name))
 
 
 class NatureLMCheckpointError(RuntimeError):
@@ -735,11 +755,6 @@ class NatureLMForConditionalGeneration(NatureLMPreTrainedModel, GenerationMixin)
         trust_remote_code=True)` loads it anywhere."""
         kwargs.setdefault("save_original_format", False)
         if self.is_remote_code() and kwargs.get("is_main_process", True):  # code files are written: the pipeline's too
-            try:
-                from .pipeline_naturelm import save_pipeline_code
-            except ImportError:
-                from pipeline_naturelm import save_pipeline_code
-
             os.makedirs(save_directory, exist_ok=True)
             save_pipeline_code(self.config, save_directory)
         if not getattr(self, "_hf_peft_config_loaded", False):

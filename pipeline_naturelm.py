@@ -6,8 +6,8 @@ recording's windows, transformers batches them (`batch_size`, across recordings)
 recording's rows. The model calls (`generate_answers`, `score_candidate_labels`, `embed_windows`) live here, once:
 the pipeline needs them and the package's threaded engine (`naturelm.engine`) imports them.
 
-Travels with checkpoints as remote code (declared under `custom_pipelines`, written by the model's `save_pretrained`
-through `save_pipeline_code`), so it imports only torch, numpy, transformers and its sibling files.
+Travels with checkpoints as remote code (declared under `custom_pipelines` and copied by the model's `save_pretrained`
+through `modeling_naturelm.save_pipeline_code`), so it imports only torch, numpy, transformers and its sibling files.
 """
 
 from collections.abc import Iterator
@@ -17,18 +17,17 @@ from pathlib import Path
 import numpy as np
 import torch
 from transformers.pipelines.base import ChunkPipeline
-from transformers.dynamic_module_utils import custom_object_save
 
 try:  # as remote code these files form one package; pip-installed they are top-level modules
     from .audio_naturelm import AudioError, array_windows, stream_windows, to_mono
-    from .modeling_naturelm import CACHE_KWARG
+    from .modeling_naturelm import CACHE_KWARG, PIPELINE_TASK
     from .processing_naturelm import audio_instruction
 except ImportError:
     from audio_naturelm import AudioError, array_windows, stream_windows, to_mono
-    from modeling_naturelm import CACHE_KWARG
+    from modeling_naturelm import CACHE_KWARG, PIPELINE_TASK
     from processing_naturelm import audio_instruction
 
-TASK = "naturelm-audio-text-to-text"
+TASK = PIPELINE_TASK
 DEFAULT_QUERY = "What is the common name for the focal species in the audio? Answer:"
 
 
@@ -241,16 +240,6 @@ class NatureLMPipeline(ChunkPipeline):
         return {"file": str(file) if file is not None else None, "windows": rows}
 
 
-def save_pipeline_code(config, save_directory: str | Path | None = None) -> None:
-    """Declares the pipeline in `config` (`custom_pipelines`) and, given a folder, writes its code file and the
-    files it imports there: every folder a NatureLM model is saved to then loads with `pipeline(...,
-    trust_remote_code=True)`. Called by the model's `save_pretrained`."""
-    config.custom_pipelines = {TASK: {"impl": f"{Path(__file__).stem}.{NatureLMPipeline.__name__}",
-                                      "pt": ["AutoModel"]}}
-    if save_directory is not None:
-        custom_object_save(NatureLMPipeline, save_directory)
-
-
 __all__ = [
     "DEFAULT_QUERY",
     "TASK",
@@ -260,7 +249,6 @@ __all__ = [
     "embed_windows",
     "generate_answers",
     "rank_labels",
-    "save_pipeline_code",
     "score_candidate_labels",
     "window_rows",
     "window_clips",

@@ -7,20 +7,20 @@ and with 2 beams, batched and one window at a time:
 
 - `tiny`: the parity model converted from `../shared/parity` (env NATURELM_PARITY_DIR), 5 minutes of audio;
 - `mid`: random weights, full BEATs (12 x 768) and Q-Former (768), a Llama of hidden 512 x 4 layers, 2 minutes;
-- `full`: the full-size architecture (Llama-3.1-8B shaped, random bf16 weights built on the meta device; `--dtype`
-  does not apply), `--full-batch` windows batched and one window alone (no warm-up batch, one timed run: each window
-  costs seconds);
+- `full`: the full-size architecture (Llama-3.1-8B shaped, random bf16 weights, saved once to
+  env NATURELM_BENCH_FULL_DIR, default ~/.cache/naturelm-bench/full: 16 GB; `--dtype` does not apply), `--full-batch`
+  windows batched and one window alone (no warm-up batch, one timed run: each window costs seconds);
 - `e2e`: `naturelm infer`'s own loop (`naturelm.infer.run`) on a folder of the compressed (mp3) recordings at mid
   size, against the same audio decoded beforehand and run in memory: shows how far background decoding hides the
   decoder.
 
-Each configuration runs in its own process so that its peak RSS is its own, set up as `naturelm infer` sets itself up
-(`load_for_inference`'s placement: freed memory kept mapped on CPU, LoRA merged, fp32 audio encoder beside a bf16 LLM
-where the CPU has no native bf16). After one warm-up batch, the recording is run `--repeats` times and the median is
-reported. Usage:
+Each configuration runs in its own process so that its peak RSS (load included) is its own; the model is saved as a
+folder and read back by `naturelm.loading.load`, as `naturelm infer --model FOLDER` reads it (LoRA merged, fp32 audio
+encoder beside a bf16 LLM where the CPU has no native bf16, `--quantize` as given). After one warm-up batch, the
+recording is run `--repeats` times and the median is reported. Usage:
 
     ./run python bench/bench_inference.py [tiny mid full e2e] [--batch-size 32] [--full-batch 4] [--dtype fp32|bf16]
-        [--repeats 3] [--device cpu|cuda] [--quantize nf4|int8|fbgemm-int8]
+        [--repeats 3] [--device cpu|cuda] [--quantize nf4|int8|fbgemm-int8] [--new-tokens 20]
     ./run python bench/bench_inference.py --one SIZE,BATCH,BEAMS   # one configuration, one JSON line: size,
         # batch_size, num_beams, audio_s_per_s, peak_rss_gb (+ seconds_per_window, texts, ...); other tools read it
 """
@@ -39,9 +39,10 @@ import numpy as np
 import torch
 from transformers import LogitsProcessor, LogitsProcessorList
 
-from naturelm.quantization import BITSANDBYTES, QUANTIZATIONS
+from naturelm.options import QUANTIZATIONS
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
+FULL_DIR = Path(os.environ.get("NATURELM_BENCH_FULL_DIR", Path.home() / ".cache" / "naturelm-bench" / "full"))
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
@@ -55,81 +56,70 @@ def long_recording(seconds: float) -> np.ndarray:
     return np.tile(audio, int(np.ceil(seconds * 16000 / len(audio))))[: int(seconds * 16000)]
 
 
-def build(size: str, dtype: torch.dtype, device: str, quantize: str | None = None):
-    """The model of a size, placed as `naturelm infer` places it (`--quantize` included), and its processor; plus
-    how it was built."""
-    from naturelm.convert import from_original
-    from naturelm.loading import audio_encoder_to_fp32_without_native_bf16, keep_freed_memory_mapped
-    from naturelm.testing_utils import tiny_model_and_processor
+def build(size: str, dtype: torch.dtype, device: str, quantize: str | None = None, full_dir: Path | None = None):
+    """The model of a size and its processor, loaded from a saved folder by the one loader (`naturelm.loading.load`),
+    exactly as `naturelm infer --model FOLDER --quantize ...` loads it (placement and quantization included); plus
+    how it was built. tiny and mid are saved to a temporary folder first (seconds); the full size is saved once to
+    `full_dir` and reused."""
+    from naturelm.loading import load
 
-    if torch.device(device).type == "cpu":
-        keep_freed_memory_mapped()
-    torch.manual_seed(0)
-    started, info = time.perf_counter(), {}
-    if size == "tiny":
-        parity = Path(os.environ.get("NATURELM_PARITY_DIR", SHARED / "parity"))
-        model, processor = from_original(parity / "original_checkpoint_full", parity / "base_llama",
-                                         parity / "qformer_config.json", dtype=dtype)
-    elif size == "mid":
-        model, processor = tiny_model_and_processor(
-            audio_config={}, qformer_config={},
-            text_config=dict(hidden_size=512, intermediate_size=1536, num_hidden_layers=4, num_attention_heads=8,
-                             num_key_value_heads=4),
-        )
-        model = model.to(dtype)
-    elif size == "full":
-        model, processor = _full_size(device)
+    started = time.perf_counter()
+    if size == "full":
+        folder = full_dir or FULL_DIR
+        if not (folder / "config.json").is_file():
+            save_full_size(folder)
+        model, processor = load(str(folder), dtype=torch.bfloat16, device=device, quantize=quantize)
     else:
-        raise ValueError(size)
-    if getattr(model, "_hf_peft_config_loaded", False):
-        model.merge_adapter_into_weights()
-    model = model.to(device).eval()
-    info["fp32_audio_encoder"] = audio_encoder_to_fp32_without_native_bf16(model)
-    if quantize in BITSANDBYTES:  # as a user gets it: quantized while a saved folder is read
-        from naturelm.loading import load_model
-
         with tempfile.TemporaryDirectory() as folder:
-            model.save_pretrained(folder)
-            processor.save_pretrained(folder)
-            del model
-            model, _ = load_model(folder, dtype=dtype, quantize=quantize, device=device)
-        audio_encoder_to_fp32_without_native_bf16(model)
-    elif quantize:
-        from naturelm.quantization import quantize_language_model
-
-        quantize_language_model(model, quantize)
-    info["quantize"] = quantize
-    info["build_seconds"] = time.perf_counter() - started
+            save_small(size, Path(folder))
+            model, processor = load(folder, dtype=dtype, device=device, quantize=quantize)
+    info = {"fp32_audio_encoder": model.model.audio_tower.dtype == torch.float32 != model.model.language_model.dtype,
+            "quantize": quantize, "build_seconds": time.perf_counter() - started}
     return model, processor, info
 
 
-def _full_size(device: str):
-    """The full-size architecture in bf16 with random weights, built on the meta device (never fp32) and filled in
-    place on `device`."""
+def save_small(size: str, folder: Path) -> None:
+    """tiny: the parity model converted from the original layout (`naturelm convert`); mid: random weights (seed 0),
+    full BEATs and Q-Former, a Llama of hidden 512 x 4 layers; both in fp32."""
+    from naturelm.convert import convert
+    from naturelm.testing_utils import tiny_model_and_processor
+
+    if size == "tiny":
+        parity = Path(os.environ.get("NATURELM_PARITY_DIR", SHARED / "parity"))
+        convert(parity / "original_checkpoint_full", folder, parity / "base_llama", parity / "qformer_config.json",
+                dtype="fp32")
+        return
+    if size != "mid":
+        raise ValueError(size)
+    torch.manual_seed(0)
+    model, processor = tiny_model_and_processor(
+        audio_config={}, qformer_config={},
+        text_config=dict(hidden_size=512, intermediate_size=1536, num_hidden_layers=4, num_attention_heads=8,
+                         num_key_value_heads=4),
+    )
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+
+
+def save_full_size(folder: Path) -> None:
+    """The full-size architecture (Llama-3.1-8B shaped) with random bf16 weights, built on the meta device (never
+    fp32), filled in place and saved as a converted folder (16 GB of safetensors shards)."""
     from configuration_naturelm import NatureLMConfig
     from feature_extraction_naturelm import NatureLMFeatureExtractor
     from modeling_naturelm import NatureLMForConditionalGeneration
     from naturelm.testing_utils import llama3_tokenizer
     from processing_naturelm import NatureLMProcessor
-    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 
     with torch.device("meta"):
         model = NatureLMForConditionalGeneration(NatureLMConfig())
-    model = model.to(torch.bfloat16).to_empty(device=device)
-    generator = torch.Generator(device=device).manual_seed(0)
+    model = model.to(torch.bfloat16).to_empty(device="cpu")
+    generator = torch.Generator().manual_seed(0)
     with torch.no_grad():
         for param in model.parameters():  # cheap random weights, filled in place
             param.uniform_(-0.02, 0.02, generator=generator)
-        for module in model.modules():  # non-persistent buffers (rotary frequencies) are rebuilt
-            if hasattr(module, "original_inv_freq") and hasattr(module, "rope_type"):
-                # transformers 5 keeps the rope init function local to `__init__`; left to `to_empty`, the
-                # frequencies would be uninitialised memory (NaN logits)
-                init = (module.compute_default_rope_parameters if module.rope_type == "default"
-                        else ROPE_INIT_FUNCTIONS[module.rope_type])
-                inv_freq, module.attention_scaling = init(module.config, device)
-                module.inv_freq = inv_freq
-                module.original_inv_freq = inv_freq.clone()
-    return model, NatureLMProcessor(NatureLMFeatureExtractor(), llama3_tokenizer())
+    # non-persistent buffers (rotary frequencies) are not saved: `from_pretrained` rebuilds them
+    model.save_pretrained(folder)
+    NatureLMProcessor(NatureLMFeatureExtractor(), llama3_tokenizer()).save_pretrained(folder)
 
 
 class BanEndTokens(LogitsProcessor):
@@ -145,9 +135,9 @@ class BanEndTokens(LogitsProcessor):
         return scores
 
 
-def decoding(model, num_beams: int) -> dict:
-    """The bench's `generate` arguments: 20 new tokens, always."""
-    return dict(max_new_tokens=20, num_beams=num_beams, do_sample=False,
+def decoding(model, num_beams: int, new_tokens: int = 20) -> dict:
+    """The bench's `generate` arguments: `new_tokens` new tokens (20 by default), always."""
+    return dict(max_new_tokens=new_tokens, num_beams=num_beams, do_sample=False,
                 logits_processor=LogitsProcessorList([BanEndTokens(model.generation_config.eos_token_id)]))
 
 
@@ -159,6 +149,30 @@ def run_arrays(model, processor, arrays: list[np.ndarray], batch_size: int, **ge
     recordings = [Recording.from_array(f"input {i}", a, prompt=prompt) for i, a in enumerate(arrays)]
     results = run_recordings(model, processor, recordings, generation_task(**generate_kwargs), batch_size)
     return [result.rows for result in results]
+
+
+class AnonymousMemoryPeak:
+    """The peak of this process's anonymous resident memory (`RssAnon`: what it allocated, without the pages of
+    files it maps, which the kernel can drop), sampled every 10 ms in a thread. `ru_maxrss` counts mapped pages of
+    the safetensors files too, so it cannot tell a model read tensor by tensor from one held whole."""
+
+    def __init__(self) -> None:
+        import threading
+
+        self.peak_kb = 0
+        threading.Thread(target=self._sample, daemon=True).start()
+
+    def _sample(self) -> None:
+        while True:
+            with open("/proc/self/status") as status:
+                for line in status:
+                    if line.startswith("RssAnon:"):
+                        self.peak_kb = max(self.peak_kb, int(line.split()[1]))
+            time.sleep(0.01)
+
+    @property
+    def gb(self) -> float:
+        return self.peak_kb / 2**20
 
 
 def _peak_rss_gb() -> float:
@@ -175,10 +189,12 @@ def _timed(function, repeats: int) -> tuple[float, object]:
 
 
 def run_config(size: str, batch_size: int, num_beams: int, dtype: str, repeats: int, device: str,
-               quantize: str | None = None) -> dict:
+               quantize: str | None = None, new_tokens: int = 20) -> dict:
+    anonymous = AnonymousMemoryPeak() if sys.platform.startswith("linux") else None
     model, processor, info = build(size, DTYPES[dtype], device, quantize)
+    info["load_peak_anon_gb"] = anonymous.gb if anonymous else None
     audio = long_recording({"tiny": 300.0, "mid": 120.0, "full": 10.0 * batch_size}[size])
-    kwargs = decoding(model, num_beams)
+    kwargs = decoding(model, num_beams, new_tokens)
     if size == "full":
         repeats = 1  # seconds per window: no warm-up batch, one timed run
     else:
@@ -189,7 +205,8 @@ def run_config(size: str, batch_size: int, num_beams: int, dtype: str, repeats: 
         "size": size, "batch_size": batch_size, "num_beams": num_beams, "dtype": "bf16" if size == "full" else dtype,
         "device": device, "audio_seconds": len(audio) / 16000, "seconds": seconds,
         "audio_s_per_s": len(audio) / 16000 / seconds, "seconds_per_window": seconds / windows,
-        "peak_rss_gb": _peak_rss_gb(), **info, "texts": [w["text"] for w in result],
+        "peak_rss_gb": _peak_rss_gb(), "peak_anon_gb": anonymous.gb if anonymous else None, "new_tokens": new_tokens,
+        **info, "texts": [w["text"] for w in result],
     }
 
 
@@ -239,6 +256,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per configuration (median reported)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--quantize", choices=QUANTIZATIONS, help="the language model quantized (`naturelm infer --quantize`)")
+    parser.add_argument("--new-tokens", type=int, default=20, help="tokens decoded per window (always this many)")
     parser.add_argument("--one", help="run one configuration SIZE,BATCH,BEAMS and print it as one JSON line")
     args = parser.parse_args()
     if args.one:
@@ -246,13 +264,14 @@ def main() -> None:
         if size == "e2e":
             result = run_end_to_end(int(batch), int(beams), args.dtype, args.repeats, args.device)
         else:
-            result = run_config(size, int(batch), int(beams), args.dtype, args.repeats, args.device, args.quantize)
+            result = run_config(size, int(batch), int(beams), args.dtype, args.repeats, args.device, args.quantize,
+                                args.new_tokens)
         print(json.dumps(result))
         return
 
     def one(size: str, batch: int, beams: int) -> dict:
         command = [sys.executable, __file__, "--one", f"{size},{batch},{beams}", "--dtype", args.dtype,
-                   "--repeats", str(args.repeats), "--device", args.device] + (
+                   "--repeats", str(args.repeats), "--device", args.device, "--new-tokens", str(args.new_tokens)] + (
                        ["--quantize", args.quantize] if args.quantize else [])
         done = subprocess.run(command, capture_output=True, text=True)
         if done.returncode:  # show why the configuration failed, not only that it did

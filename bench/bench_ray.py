@@ -1,14 +1,13 @@
 """`naturelm infer --ray` against the local engine on the same files, at mid size (a benchmark, not a test).
 
-The mid model of `bench_inference.py` (full BEATs and Q-Former, a Llama of hidden 512 x 4 layers; random weights, no
-LoRA) is saved as a converted folder, which both sides load with `load_for_inference` (fp32, as `naturelm infer
+The mid model of `bench_inference.py` (full BEATs and Q-Former, a Llama of hidden 512 x 4 layers; random weights) is
+saved as a converted folder, which both sides load with `naturelm.loading.load` (fp32, as `naturelm infer
 --dtype fp32`). The files are the shared recordings (`../shared/audio`, env NATURELM_AUDIO_DIR) copied `--copies`
 times. Both sides decode greedily with exactly 20 new tokens per window, `--batch-size` windows per batch:
 
 - local: `naturelm.infer.run` (the engine, `run_recordings`) with the model already loaded;
-- Ray: `naturelm.ray_infer.run_ray` on a local Ray with one CPU actor. The machine has 2 cores: the local Ray gets 3
-  logical CPUs so that the actor has 2 (torch then runs 2 threads, as the local run does) and the read tasks 1,
-  sharing the cores as the local run's reading thread does.
+- Ray: `naturelm.ray_infer.run_ray` on a local Ray with one CPU actor of 2 CPUs (torch then runs 2 threads, as the
+  local run does), which runs its files through the same engine, reading thread included.
 
 Reported: audio-s/s of each side with start-up (local: model load + run; Ray: `ray.init` + actor start and model load
 + run) and without it (from the first answered batch to the end, over the audio answered after it), the ratios, and
@@ -26,20 +25,10 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench_inference import save_small
+
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 DECODING = dict(num_beams=1, max_new_tokens=20, min_new_tokens=20, do_sample=False)
-
-
-def save_mid_model(folder: Path) -> None:
-    from naturelm.testing_utils import tiny_model_and_processor
-
-    model, processor = tiny_model_and_processor(
-        lora_rank=0, audio_config={}, qformer_config={},
-        text_config=dict(hidden_size=512, intermediate_size=1536, num_hidden_layers=4, num_attention_heads=8,
-                         num_key_value_heads=4),
-    )
-    model.save_pretrained(folder)
-    processor.save_pretrained(folder)
 
 
 class Clock:
@@ -89,7 +78,7 @@ def main() -> None:
     import torch
 
     from naturelm.infer import MemoryWriter, run
-    from naturelm.loading import load_for_inference
+    from naturelm.loading import load
     from naturelm.ray_infer import RayResources, connect, run_ray
     from pipeline_naturelm import DEFAULT_QUERY
 
@@ -102,11 +91,11 @@ def main() -> None:
                 files.append(root / f"{copy}_{path.name}")
                 shutil.copy(path, files[-1])
         model_dir = root / "mid"
-        save_mid_model(model_dir)
+        save_small("mid", model_dir)
         load_kwargs = dict(model=str(model_dir), dtype=torch.float32, device="cpu")
 
         started = time.perf_counter()
-        model, processor = load_for_inference(**load_kwargs)
+        model, processor = load(**load_kwargs)
         load_seconds = time.perf_counter() - started
         local, local_clock = MemoryWriter(), Clock()
         summary = timed_run(lambda: run(model, processor, files, local, DEFAULT_QUERY, batch_size=args.batch_size,
@@ -114,7 +103,7 @@ def main() -> None:
         del model, processor
 
         started = time.perf_counter()
-        connect(None, num_cpus=3)
+        connect(None, num_cpus=2)
         init_seconds = time.perf_counter() - started
         remote, ray_clock = MemoryWriter(), Clock()
         ray_summary = timed_run(lambda: run_ray(files, remote, load_kwargs, DEFAULT_QUERY, batch_size=args.batch_size,

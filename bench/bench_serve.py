@@ -2,7 +2,7 @@
 not a test).
 
 The mid model of `bench_inference.py` (full BEATs and Q-Former, a Llama of hidden 512 x 4 layers; random weights) is
-saved as a converted folder (`bench_ray.save_mid_model`), which both sides load with `load_for_inference` (fp32).
+saved as a converted folder (`bench_inference.save_small`), which both sides load with `naturelm.loading.load` (fp32).
 The clips are `--clients` 10-s windows (every 2.5 s) of the shared recordings (`../shared/audio`, env
 NATURELM_AUDIO_DIR), sent as WAV. Both sides decode greedily with at most 20 new tokens, the default query,
 `--batch-size` clips per model call:
@@ -36,7 +36,7 @@ import httpx
 import numpy as np
 import soundfile
 
-from bench_ray import save_mid_model
+from bench_inference import save_small
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 MAX_NEW_TOKENS = 20
@@ -64,10 +64,10 @@ def percentile(values: list[float], q: float) -> float:
 def offline(model_dir: Path, samples: list[np.ndarray], batch_size: int) -> tuple[list[str], float]:
     import torch
 
-    from naturelm.loading import load_for_inference
+    from naturelm.loading import load
     from pipeline_naturelm import DEFAULT_QUERY, Recording, build_prompt, generation_task, run_recordings
 
-    model, processor = load_for_inference(str(model_dir), dtype=torch.float32)
+    model, processor = load(str(model_dir), dtype=torch.float32)
     prompt = build_prompt(processor, DEFAULT_QUERY)
     recordings = [Recording.from_array(str(i), s, prompt=prompt) for i, s in enumerate(samples)]
     task = generation_task(num_beams=1, do_sample=False, max_new_tokens=MAX_NEW_TOKENS)
@@ -111,7 +111,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as root:
         model_dir = Path(root) / "mid"
-        save_mid_model(model_dir)
+        save_small("mid", model_dir)
         expected, offline_seconds = offline(model_dir, samples, args.batch_size)
 
         with socket.socket() as probe:

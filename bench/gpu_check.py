@@ -4,8 +4,11 @@
    10-s windows (share of identical answers) and the teacher-forced logit error;
 2. full size, bf16: the 8B-shaped model (random weights) on the GPU, its memory, batched throughput (s/window) and the
    audio-s/s of a long recording through the pipeline;
-3. full size, nf4 and int8: the same weights saved once, then read through `load_model(..., quantize=...)`, as a user
-   gets them (quantized while the checkpoint is read): peak GPU memory of load + one batch, and s/window.
+3. full size, nf4 and int8: the same saved weights read through `naturelm.loading.load(..., quantize=...)`, as a
+   user gets them (quantized while the checkpoint is read): peak GPU memory of load + one batch, and s/window.
+
+The full-size weights (random, bf16) are saved once to `bench_inference.FULL_DIR` (16 GB; env
+NATURELM_BENCH_FULL_DIR) and every full-size step reads them from there.
 
 Prints one JSON line per step and exits non-zero if a step fails or a bound is missed. Usage:
 
@@ -16,12 +19,10 @@ import argparse
 import gc
 import json
 import sys
-import tempfile
 import time
-from pathlib import Path
 
 import torch
-from bench_inference import build, long_recording
+from bench_inference import FULL_DIR, build, long_recording
 
 from pipeline_naturelm import DEFAULT_QUERY, TASK, NatureLMPipeline, build_prompt
 
@@ -71,7 +72,7 @@ def _throughput(model, processor, batch: int, seconds: float) -> dict:
             "audio_s_per_s": len(audio) / 16000 / elapsed}
 
 
-def full_bf16(batch: int, long_seconds: float, checkpoint: str | None) -> dict:
+def full_bf16(batch: int, long_seconds: float) -> dict:
     torch.cuda.reset_peak_memory_stats()
     model, processor, info = build("full", torch.bfloat16, "cuda")
     loaded_gb = torch.cuda.max_memory_allocated() / GB
@@ -79,21 +80,14 @@ def full_bf16(batch: int, long_seconds: float, checkpoint: str | None) -> dict:
            "batched": _throughput(model, processor, batch, 10.0 * batch),
            "long_recording": _throughput(model, processor, batch, long_seconds)}
     row["peak_gb"] = torch.cuda.max_memory_allocated() / GB
-    if checkpoint:
-        model.save_pretrained(checkpoint)
-        processor.save_pretrained(checkpoint)
     row["ok"] = True
     return row
 
 
-def full_quantized(method: str, batch: int, checkpoint: str) -> dict:
-    from naturelm.loading import load_model
-
+def full_quantized(method: str, batch: int) -> dict:
     torch.cuda.reset_peak_memory_stats()
-    started = time.perf_counter()
-    model, processor = load_model(checkpoint, dtype=torch.bfloat16, quantize=method, device="cuda")
-    row = {"step": method, "load_seconds": time.perf_counter() - started,
-           "load_peak_gb": torch.cuda.max_memory_allocated() / GB,
+    model, processor, info = build("full", torch.bfloat16, "cuda", quantize=method)
+    row = {"step": method, "load_seconds": info["build_seconds"], "load_peak_gb": torch.cuda.max_memory_allocated() / GB,
            "batched": _throughput(model, processor, batch, 10.0 * batch)}
     row["peak_gb"] = torch.cuda.max_memory_allocated() / GB
     row["ok"] = row["peak_gb"] <= {"nf4": 7.0, "int8": 11.0}[method]
@@ -113,24 +107,21 @@ def main() -> int:
         return 2
     print(json.dumps({"device": torch.cuda.get_device_name(), "torch": torch.__version__}), flush=True)
     failed = False
-    with tempfile.TemporaryDirectory() as checkpoint:
-        quantized = [step for step in args.steps if step in ("nf4", "int8")]
-        for step in args.steps:
-            try:
-                if step == "parity":
-                    row = parity()
-                elif step == "bf16":
-                    row = full_bf16(args.batch, args.long_seconds, checkpoint if quantized else None)
-                else:
-                    if not any(Path(checkpoint).glob("*.safetensors")):
-                        full_bf16(args.batch, 10.0 * args.batch, checkpoint)  # the weights to quantize
-                    row = full_quantized(step, args.batch, checkpoint)
-            except Exception as error:  # noqa: BLE001 - one failed step must not hide the others
-                row = {"step": step, "ok": False, "error": f"{type(error).__name__}: {error}"}
-            failed |= not row["ok"]
-            print(json.dumps(row), flush=True)
-            gc.collect()
-            torch.cuda.empty_cache()
+    print(json.dumps({"full_size_weights": str(FULL_DIR)}), flush=True)
+    for step in args.steps:
+        try:
+            if step == "parity":
+                row = parity()
+            elif step == "bf16":
+                row = full_bf16(args.batch, args.long_seconds)
+            else:
+                row = full_quantized(step, args.batch)
+        except Exception as error:  # noqa: BLE001 - one failed step must not hide the others
+            row = {"step": step, "ok": False, "error": f"{type(error).__name__}: {error}"}
+        failed |= not row["ok"]
+        print(json.dumps(row), flush=True)
+        gc.collect()
+        torch.cuda.empty_cache()
     return 1 if failed else 0
 
 

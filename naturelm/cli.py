@@ -44,7 +44,7 @@ def _convert(args: argparse.Namespace) -> int:
 
 
 def _load_kwargs(args: argparse.Namespace) -> dict:
-    """`load_for_inference`'s arguments from the command line (Ray actors take them as they are), after the smoke
+    """`naturelm.loading.load`'s arguments from the command line (Ray actors take them as they are), after the smoke
     notice: a reader of the output must know when the answers come from random weights."""
     from .convert import DTYPES
 
@@ -56,9 +56,9 @@ def _load_kwargs(args: argparse.Namespace) -> dict:
 
 
 def _load(args: argparse.Namespace):
-    from .loading import load_for_inference
+    from .loading import load
 
-    return load_for_inference(**_load_kwargs(args))
+    return load(**_load_kwargs(args))
 
 
 LABEL_FILE_EXTENSIONS = (".txt", ".csv", ".tsv", ".json", ".lst", ".lines")
@@ -184,6 +184,7 @@ def _embed(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    from .journal import model_identity
     from .serve import ServeSettings, serve  # FastAPI and uvicorn come with the [serve] extra
 
     settings = ServeSettings(
@@ -194,19 +195,9 @@ def _serve(args: argparse.Namespace) -> int:
     )
     settings.check()
     model, processor = _load(args)
-    return serve(model, processor, settings, *_model_identity(args))
-
-
-def _model_identity(args: argparse.Namespace) -> tuple[str, str]:
-    """The model's name and revision for `/info` (recorded by BEANS-Next for reproducibility): a hub id's commit, a
-    folder's resolved path, or the smoke model."""
-    if args.smoke:
-        return "naturelm-smoke", "tiny random weights (seed 0)"
-    if Path(args.model).is_dir():
-        return args.model, f"local folder {Path(args.model).resolve()}"
-    from huggingface_hub import snapshot_download
-
-    return args.model, Path(snapshot_download(args.model, local_files_only=True)).name
+    identity = model_identity(args.model, args.smoke)  # as the run journals record it
+    name = "naturelm-smoke" if args.smoke else identity["model"]
+    return serve(model, processor, settings, name, identity["revision"] or "unknown")
 
 
 def _add_loading_arguments(parser: argparse.ArgumentParser) -> None:

@@ -1,11 +1,11 @@
-"""Resolve `--model` for the command line: a converted folder, an original-layout checkpoint, a hub id, or the
-tiny random smoke-test model; fail with a readable message when weights cannot be had."""
+"""The one loader (`load`): a converted folder, an original-layout checkpoint, a hub id, or the tiny random
+smoke-test model, checked, converted and placed the same way for every tool; a readable error when weights cannot
+be had or are broken."""
 
 import contextlib
-import ctypes
-import functools
 import json
 import logging
+import os
 import pickle
 import tempfile
 from pathlib import Path
@@ -81,45 +81,10 @@ def _how_to_get(model: str, reason: str) -> str:
     )
 
 
-@functools.cache
-def _glibc() -> ctypes.CDLL | None:
-    """glibc, for the allocator calls below; None elsewhere (macOS, musl), where there is nothing to tune."""
-    try:
-        return ctypes.CDLL("libc.so.6")
-    except OSError:
-        return None
-
-
-def keep_freed_memory_mapped() -> bool:
-    """Makes glibc's malloc reuse freed memory instead of returning it to the system; returns whether it applied.
-
-    PyTorch has no caching allocator on CPU, so each large temporary (the `(batch, heads, 496, 496)` attention bias
-    of every BEATs layer, the FFT frames, the logits of every decoding step) is a fresh `mmap` whose pages fault in
-    on first touch; on a 2-core machine that measured a quarter of the tiny model's inference time. Serving large
-    blocks from the heap and never trimming it keeps those pages mapped, at the cost of holding the peak memory.
-    Process-wide, so it is called by the command-line tools, not on import.
-    """
-    libc = _glibc()
-    if libc is None:
-        return False
-    m_trim_threshold, m_mmap_max = -1, -4  # from <malloc.h>
-    return bool(libc.mallopt(m_mmap_max, 0)) and bool(libc.mallopt(m_trim_threshold, 2**31 - 1))
-
-
-def return_freed_memory() -> None:
-    """Hands the heap's free pages back to the system now (glibc's `malloc_trim`; elsewhere nothing to do).
-
-    Under `keep_freed_memory_mapped` nothing is ever returned, and a conversion that frees one large weight while
-    allocating a differently sized one (bf16 -> fp32 temporaries -> int8) leaves holes the next weight cannot use:
-    quantizing the 8B model that way grew past 24 GB. Trimming after each weight keeps the peak where it started."""
-    if _glibc() is not None:
-        _glibc().malloc_trim(0)
-
-
 def audio_encoder_to_fp32_without_native_bf16(model: NatureLMForConditionalGeneration) -> bool:
-    """On a CPU without native bf16 (AVX512-BF16 or AMX), bf16 matrix products are emulated: 7x slower than fp32 on
-    a 2-core AVX2 machine. There the audio encoder and projector (compute-bound, ~95M parameters, 0.4 GB in fp32)
-    run in fp32 while the memory-bound LLM stays in bf16. Returns whether the model was changed."""
+    """The placement rule. On a CPU without native bf16 (AVX512-BF16 or AMX), bf16 matrix products are emulated: 7x
+    slower than fp32 on a 2-core AVX2 machine. There the audio encoder and projector (compute-bound, ~95M parameters,
+    0.4 GB in fp32) run in fp32 while the memory-bound LLM stays in bf16. Returns whether the model was changed."""
     native_bf16 = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
     if model.device.type != "cpu" or model.model.audio_tower.dtype != torch.bfloat16 or native_bf16:
         return False
@@ -128,66 +93,68 @@ def audio_encoder_to_fp32_without_native_bf16(model: NatureLMForConditionalGener
     return True
 
 
-def load_model(
-    model: str,
-    base_model: str = RELEASED_BASE_MODEL,
+def load(
+    model: str | os.PathLike = RELEASED_MODEL,
+    *,
+    base_model: str | os.PathLike = RELEASED_BASE_MODEL,
     dtype: torch.dtype = torch.bfloat16,
-    merging_alpha: float | None = None,
-    smoke: bool = False,
-    merge_adapter: bool = False,
-    quantize: str | None = None,
     device: str | torch.device = "cpu",
+    merging_alpha: float | None = None,
+    merge_adapter: bool = True,
+    quantize: str | None = None,
+    training: bool = False,
+    smoke: bool = False,
 ) -> tuple[NatureLMForConditionalGeneration, NatureLMProcessor]:
-    """Returns (model, processor) in eval mode. `merge_adapter` folds the LoRA adapter (at the merging alpha) into
-    the base weights, for inference: one matmul per projection instead of three (5% faster decoding at tiny size).
-    `quantize="nf4"/"int8"` loads the language model quantized by bitsandbytes onto `device` while the checkpoint is
-    read (`naturelm.quantization`); the adapter then stays unmerged, a LoRA on the quantized base. Other values of
-    `quantize` and `device` are left to the caller (`load_for_inference`)."""
-    from .quantization import bitsandbytes_config
+    """
+    The one loader: the CLI, the Python API, the Space, evaluation, Ray actors, the benchmarks and training all get
+    their `(model, processor)` here, so a model is found, checked, converted and placed the same way everywhere.
+
+    Args:
+        model: a converted folder (convert, training or `save_pretrained` output), an original-layout checkpoint
+            folder (converted on the fly, with `base_model`), or a hub id of either.
+        base_model: the base Llama an original-layout checkpoint needs (config, tokenizer, frozen weights).
+        dtype: the weights' dtype.
+        device: where the model runs (bitsandbytes weights are read straight onto it).
+        merging_alpha: the LoRA scale factor (default: the checkpoint's).
+        merge_adapter: fold the LoRA adapter into the base weights for inference: one matmul per projection instead
+            of three (5% faster decoding at tiny size). The Space keeps it unmerged: its slider sets the scale per call.
+        quantize: one of `naturelm.options.QUANTIZATIONS`. `nf4` / `int8` quantize the language model with
+            bitsandbytes while the checkpoint is read (the bf16 model never sits in memory whole) and keep the adapter
+            a LoRA on the quantized base; `fbgemm-int8` converts the loaded, merged model to PyTorch's CPU int8.
+        training: load as training starts from it: adapter unmerged, dtypes as given, not moved (the trainer places
+            it); of the quantizations only the bitsandbytes formats (QLoRA).
+        smoke: the tiny random model (fp32) instead of any weights (a pipeline check; its answers are meaningless).
+
+    Returns the model (in eval mode unless `training`) and its processor. For inference on CPU the placement rule
+    applies (`audio_encoder_to_fp32_without_native_bf16`).
+    """
+    from .quantization import BITSANDBYTES, bitsandbytes_config, quantize_language_model
 
     quantization = None if quantize is None else bitsandbytes_config(quantize, dtype)
+    if training and quantize is not None and quantization is None:
+        raise ValueError(f"--quantize {quantize} converts a model for inference; training takes nf4 or int8 (QLoRA).")
     if smoke:
         from .testing_utils import tiny_model_and_processor
 
-        loaded = tiny_model_and_processor()
+        loaded, processor = tiny_model_and_processor()
         if quantization is not None:  # through a saved folder, as a real checkpoint is quantized
             with tempfile.TemporaryDirectory() as folder:
-                loaded[0].save_pretrained(folder)
-                loaded = _from_folder(Path(folder), dtype, quantization, device), loaded[1]
+                loaded.save_pretrained(folder)
+                loaded = _from_folder(Path(folder), dtype, quantization, device)
     else:
-        loaded = _load_real(model, base_model, dtype, quantization, device)
+        loaded, processor = _load_weights(str(model), str(base_model), dtype, quantization, device)
     if merging_alpha is not None:
-        loaded[0].set_merging_alpha(merging_alpha)
-    if merge_adapter and quantization is None and loaded[0]._lora_layers():
-        loaded[0].merge_adapter_into_weights()
-    return loaded[0].eval(), loaded[1]
-
-
-def load_for_inference(
-    model: str,
-    base_model: str = RELEASED_BASE_MODEL,
-    dtype: torch.dtype = torch.bfloat16,
-    merging_alpha: float | None = None,
-    smoke: bool = False,
-    device: str | torch.device = "cpu",
-    quantize: str | None = None,
-) -> tuple[NatureLMForConditionalGeneration, NatureLMProcessor]:
-    """`load_model` set up as the command-line tools run inference: the LoRA adapter merged, the model on `device`,
-    and on CPU freed memory kept mapped and the audio encoder in fp32 where bf16 is not native. `quantize` is one of
-    `naturelm.quantization.QUANTIZATIONS`: nf4/int8 are applied while loading, `fbgemm-int8` replaces the loaded
-    language model's Linears by PyTorch's CPU int8 ones."""
-    from .quantization import BITSANDBYTES, quantize_language_model
-
-    if torch.device(device).type == "cpu":
-        keep_freed_memory_mapped()
-    loaded, processor = load_model(model, base_model, dtype, merging_alpha, smoke, merge_adapter=True,
-                                   quantize=quantize, device=device)
-    if quantize not in BITSANDBYTES:  # bitsandbytes models were loaded onto `device`
+        loaded.set_merging_alpha(merging_alpha)
+    if training:
+        return loaded, processor
+    if quantize not in BITSANDBYTES:  # bitsandbytes weights were read onto `device` and refuse to move
         loaded = loaded.to(device)
+        if merge_adapter and loaded._lora_layers():
+            loaded.merge_adapter_into_weights()
     audio_encoder_to_fp32_without_native_bf16(loaded)
-    if quantize is not None and quantize not in BITSANDBYTES:
+    if quantize is not None and quantization is None:
         quantize_language_model(loaded, quantize)
-    return loaded, processor
+    return loaded.eval(), processor
 
 
 @contextlib.contextmanager
@@ -218,7 +185,7 @@ def _from_folder(folder: Path, dtype: torch.dtype, quantization, device) -> Natu
         )
 
 
-def _load_real(model: str, base_model: str, dtype: torch.dtype, quantization=None, device="cpu"):
+def _load_weights(model: str, base_model: str, dtype: torch.dtype, quantization, device):
     from .convert import ConversionError, from_original
 
     try:

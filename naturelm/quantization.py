@@ -25,9 +25,7 @@ import torch
 from torch import nn
 from torch.ao.nn.quantized.dynamic import Linear as DynamicQuantizedLinear
 
-from .loading import return_freed_memory
 from .options import BITSANDBYTES, FBGEMM_INT8, QUANTIZATIONS
-
 
 
 def bitsandbytes_config(method: str, dtype: torch.dtype):
@@ -72,7 +70,7 @@ def quantize_language_model(model, method: str = FBGEMM_INT8) -> int:
     """Replaces every Linear of the language model and the `lm_head` by `Int8Linear`, one at a time (each bf16 weight
     is freed as soon as its int8 copy exists, so memory only falls), and returns how many were replaced. The audio
     encoder and projector are left as they are: they are small (~95M parameters) and compute-bound on short inputs.
-    Merge the LoRA adapter first (`load_for_inference` does): the adapter's own Linears would otherwise be quantized
+    Merge the LoRA adapter first (`naturelm.loading.load` does): the adapter's own Linears would otherwise be quantized
     as separate products."""
     if method != FBGEMM_INT8:
         raise ValueError(f"Unknown quantization {method!r} for a loaded model; choose {FBGEMM_INT8} (the "
@@ -86,5 +84,4 @@ def quantize_language_model(model, method: str = FBGEMM_INT8) -> int:
     targets.append((model, "lm_head"))
     for parent, name in targets:
         setattr(parent, name, Int8Linear(getattr(parent, name)))
-        return_freed_memory()  # the bf16 weight and the fp32 temporaries, before the next weight is converted
     return len(targets)

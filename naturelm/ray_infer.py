@@ -1,10 +1,11 @@
 """`naturelm infer --ray`: the same folder run on a Ray cluster, with the same rows through the same writer.
 
-Ray Data streams the files: read tasks (CPU) decode and window each file through the one audio path
-(`naturelm.engine.read_windows`), model actors (one per GPU, or CPU actors) load the model once and answer batches
-of windows through the engine's own batch step (`naturelm.engine.answer_windows`), and the driver gathers each
-file's rows and hands the finished file to the run's one `ResultWriter`. Actors that die are restarted and their
-batches retried by Ray; the driver keeps a window once whatever Ray repeats, so every window is written exactly once.
+Ray Data hands the files to model actors (one per GPU, or CPU actors), a few files per call; each actor loads the
+model once (`naturelm.loading.load`) and runs its files through the engine (`naturelm.engine.run_recordings`:
+reading ahead in a background thread, batching windows across the files), exactly as a local run does, then returns
+every file's rows. The driver hands each finished file to the run's one `ResultWriter`. Actors that die are restarted
+and their files retried by Ray; the driver writes a file once, whatever Ray repeats. A file is the unit of work: a
+long recording runs on one actor.
 
 Ray is an optional dependency (`pip install 'naturelm[ray]'`), imported only here and only when a Ray run starts.
 """
@@ -13,18 +14,16 @@ import json
 import logging
 import shutil
 import tempfile
-from collections.abc import Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 import numpy as np
 
-from audio_naturelm import AUDIO_EXTENSIONS, find_audio_files
-from .engine import AudioWindow, Recording, answer_windows, build_prompt, read_windows
+from audio_naturelm import AUDIO_EXTENSIONS, find_audio_files, stream_windows
+from .engine import Recording, RecordingResult, Task, build_prompt, run_recordings
 from .options import RayUnavailableError
 from .infer import MemoryWriter, ResultWriter, RunProgress, Summary, make_task, pending_files
-
-WINDOW, END = "window", "end"  # a row's kind: one window of a file, or how the file ended (its count, or the reason)
 
 
 def import_ray():
@@ -71,54 +70,68 @@ class WindowSettings:
     hop_seconds: float | None = None
 
 
-def read_file(item: dict, settings: WindowSettings) -> Iterator[dict]:
-    """A Ray read task: one row per window of a file (its samples as float32 bytes), then one `END` row with the
-    file's window count, or the reason it could not be read. A URL is fetched to a local temporary file first, so it
-    decodes exactly as a local file does."""
-    path = item["path"]
+def answer_files(model, processor, paths: list[str], task: Task, prompt: str, settings: WindowSettings,
+                 batch_size: int) -> list[RecordingResult]:
+    """Runs files (local paths or URLs) through the engine, as a local run does; a URL is fetched to a temporary file
+    in the engine's reading thread, so it decodes exactly as a local file does, and its reason names the URL."""
     with tempfile.TemporaryDirectory(prefix="naturelm-") as folder:
-        source = _fetch(path, Path(folder)) if is_url(path) else path
-        count, error = 0, ""
-        for window in read_windows(Recording.from_file(source, settings.window_seconds, settings.hop_seconds)):
-            if isinstance(window, str):
-                error = window.replace(str(source), path)  # a fetched URL's reason names the URL
-                break
-            yield {"path": path, "kind": WINDOW, "number": count, "start": window.start, "end": window.end,
-                   "samples": window.audio.astype(np.float32, copy=False).tobytes(), "error": ""}
-            count += 1
-        yield {"path": path, "kind": END, "number": count, "start": 0.0, "end": 0.0, "samples": b"", "error": error}
+        local = {path: Path(folder) / str(number) / _name(path) if is_url(path) else Path(path)
+                 for number, path in enumerate(paths)}
+        recordings = [Recording(path, _windows_reader(path, local[path], settings), prompt) for path in paths]
+        results = list(run_recordings(model, processor, recordings, task, batch_size))
+    for result in results:
+        if result.error is not None and is_url(result.key):
+            result.error = result.error.replace(str(local[result.key]), result.key)
+    return results
 
 
-def _fetch(url: str, folder: Path) -> Path:
+def _name(url: str) -> str:
+    return PurePosixPath(url.split("://", 1)[1]).name or "audio"
+
+
+def _windows_reader(path: str, local: Path, settings: WindowSettings) -> Callable[[], Iterator[tuple]]:
+    """A `Recording`'s windows: a URL is fetched first, and its copy deleted once read."""
+
+    def windows() -> Iterator[tuple[float, float, np.ndarray]]:
+        if not is_url(path):
+            yield from stream_windows(local, settings.window_seconds, settings.hop_seconds)
+            return
+        try:
+            _fetch(path, local)
+            yield from stream_windows(local, settings.window_seconds, settings.hop_seconds)
+        finally:
+            local.unlink(missing_ok=True)
+
+    return windows
+
+
+def _fetch(url: str, target: Path) -> None:
     from pyarrow import fs
 
     filesystem, path = fs.FileSystem.from_uri(url)
-    target = folder / (PurePosixPath(path).name or "audio")
+    target.parent.mkdir(parents=True, exist_ok=True)
     with filesystem.open_input_stream(path) as source, open(target, "wb") as handle:
         shutil.copyfileobj(source, handle, 1 << 20)
-    return target
 
 
 class ModelActor:
-    """A Ray model actor: loads the model once (as `naturelm infer` loads it) and answers each batch's windows in one
-    engine batch; `END` rows pass through. Results travel as JSON (exact for floats), in the `row` column."""
+    """A Ray model actor: loads the model once (as `naturelm infer` loads it) and answers each call's files with
+    `answer_files`. Each file's rows travel as JSON (exact for floats)."""
 
-    def __init__(self, load_kwargs: dict, query: str, labels: list[str] | None, generate_kwargs: dict):
-        from .loading import load_for_inference
+    def __init__(self, load_kwargs: dict, query: str, labels: list[str] | None, settings: WindowSettings,
+                 batch_size: int, generate_kwargs: dict):
+        from .loading import load
 
-        self.model, self.processor = load_for_inference(**load_kwargs)
+        self.model, self.processor = load(**load_kwargs)
         self.prompt = build_prompt(self.processor, query)
         self.task = make_task(labels, **generate_kwargs)
+        self.settings, self.batch_size = settings, batch_size
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        is_window = batch["kind"] == WINDOW
-        windows = [AudioWindow(float(start), float(end), np.frombuffer(samples, np.float32), self.prompt)
-                   for start, end, samples in zip(batch["start"][is_window], batch["end"][is_window],
-                                                  batch["samples"][is_window])]
-        answers = iter(answer_windows(self.model, self.processor, self.task, windows) if windows else [])
-        rows = [json.dumps(next(answers)) if window else "" for window in is_window]
-        return {"path": batch["path"], "kind": batch["kind"], "number": batch["number"], "error": batch["error"],
-                "row": np.array(rows, dtype=object)}
+        results = answer_files(self.model, self.processor, [str(p) for p in batch["path"]], self.task, self.prompt,
+                               self.settings, self.batch_size)
+        return {"path": batch["path"], "rows": np.array([json.dumps(r.rows) for r in results], dtype=object),
+                "error": np.array([r.error or "" for r in results], dtype=object)}
 
 
 @dataclass
@@ -128,17 +141,6 @@ class RayResources:
     actors: int = 1
     cpus_per_actor: float = 1.0
     gpus_per_actor: float = 0.0
-
-
-@dataclass
-class _File:
-    rows: dict[int, dict] = field(default_factory=dict)
-    count: int | None = None
-    error: str | None = None
-
-    @property
-    def finished(self) -> bool:
-        return self.error is not None or (self.count is not None and len(self.rows) == self.count)
 
 
 def connect(address: str | None, num_cpus: int | None = None) -> None:
@@ -154,16 +156,14 @@ def connect(address: str | None, num_cpus: int | None = None) -> None:
 
 
 def check_resources(resources: RayResources) -> None:
-    """Fails loudly instead of hanging: actors that take every CPU leave none for the read tasks, and Ray Data then
-    waits forever ("backpressured")."""
+    """Fails loudly instead of waiting forever for actors the cluster cannot place."""
     ray = import_ray()
     cpus, gpus = ray.cluster_resources().get("CPU", 0.0), ray.cluster_resources().get("GPU", 0.0)
     if resources.actors < 1 or resources.cpus_per_actor < 0 or resources.gpus_per_actor < 0:
         raise ValueError("--ray-actors must be positive and --ray-cpus-per-actor / --ray-gpus-per-actor not negative.")
-    if resources.actors * resources.cpus_per_actor + 1 > cpus:
-        raise ValueError(
-            f"{resources.actors} actors of {resources.cpus_per_actor} CPUs leave no CPU for the read tasks on a "
-            f"cluster of {cpus:g} CPUs; lower --ray-actors or --ray-cpus-per-actor (fractions such as 0.5 work).")
+    if resources.actors * resources.cpus_per_actor > cpus:
+        raise ValueError(f"{resources.actors} actors of {resources.cpus_per_actor} CPUs need more than the cluster's "
+                         f"{cpus:g} CPUs; lower --ray-actors or --ray-cpus-per-actor (fractions such as 0.5 work).")
     if resources.actors * resources.gpus_per_actor > gpus:
         raise ValueError(f"{resources.actors} actors of {resources.gpus_per_actor} GPUs need more than the "
                          f"cluster's {gpus:g} GPUs.")
@@ -186,7 +186,9 @@ def run_ray(
     `writer` once all its windows are answered (files in the order they finish), the same progress bar and summary.
 
     Args:
-        load_kwargs (`dict`): `load_for_inference`'s arguments, as each actor loads the model.
+        load_kwargs (`dict`): `naturelm.loading.load`'s arguments, as each actor loads the model.
+        batch_size (`int`, defaults to 8): windows per model call; also the files each actor call takes, so that
+            short files fill a batch.
         resources (`RayResources`, *optional*): actors and their CPUs / GPUs (default: one actor of one CPU).
     """
     ray = import_ray()
@@ -196,35 +198,20 @@ def run_ray(
     tracker = RunProgress(todo, writer, progress)
     if not todo:
         return tracker.close()
-    dataset = (
-        ray.data.from_items([{"path": str(path)} for path in todo], override_num_blocks=len(todo))
-        .flat_map(read_file, fn_kwargs={"settings": WindowSettings(window_seconds, hop_seconds)})
-        .map_batches(
-            ModelActor, fn_constructor_kwargs={"load_kwargs": load_kwargs, "query": query, "labels": labels,
-                                               "generate_kwargs": generate_kwargs},
-            batch_size=batch_size, batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=resources.actors),
-            num_cpus=resources.cpus_per_actor, num_gpus=resources.gpus_per_actor or None,
-        )  # Ray Data restarts a dead actor and retries its batches (max_restarts = max_task_retries = -1 by default)
-    )
+    actor_kwargs = {"load_kwargs": load_kwargs, "query": query, "labels": labels, "batch_size": batch_size,
+                    "settings": WindowSettings(window_seconds, hop_seconds), "generate_kwargs": generate_kwargs}
+    dataset = ray.data.from_items([{"path": str(path)} for path in todo], override_num_blocks=len(todo)).map_batches(
+        ModelActor, fn_constructor_kwargs=actor_kwargs, batch_size=batch_size, batch_format="numpy",
+        compute=ray.data.ActorPoolStrategy(size=resources.actors), num_cpus=resources.cpus_per_actor,
+        num_gpus=resources.gpus_per_actor or None,
+    )  # Ray Data restarts a dead actor and retries its files (max_restarts = max_task_retries = -1 by default)
     names = {str(path): path for path in todo}
-    states: dict[str, _File] = {}
     for block in dataset.iter_batches(batch_size=None, batch_format="numpy"):  # block by block, as they finish
-        answered = 0.0
-        for path, kind, number, error, answer in zip(block["path"], block["kind"], block["number"], block["error"],
-                                                     block["row"]):
-            if path not in names:  # finished already: a repeat from a retried task
-                continue
-            state = states.setdefault(path, _File())
-            if kind == END:
-                state.count, state.error = int(number), str(error) or None
-            elif int(number) not in state.rows:
-                state.rows[int(number)] = row = json.loads(answer)
-                answered += row["end"] - row["start"]
-            if state.finished:
-                rows = [] if state.error else [state.rows[n] for n in range(state.count)]
-                tracker.write_file(names.pop(path), rows, state.error)
-                del states[path]
-        tracker.answered(answered)
+        for path, rows, error in zip(block["path"], block["rows"], block["error"]):
+            if path in names:  # else finished already: a repeat from a retried call
+                rows = json.loads(rows)
+                tracker.answered(sum(row["end"] - row["start"] for row in rows))
+                tracker.write_file(names.pop(path), rows, str(error) or None)
     if names:
         raise RuntimeError(f"The Ray run ended without finishing {len(names)} files: {', '.join(sorted(names))}")
     return tracker.close()
@@ -235,10 +222,10 @@ __all__ = [
     "RayResources",
     "RayUnavailableError",
     "WindowSettings",
+    "answer_files",
     "check_resources",
     "connect",
     "import_ray",
     "list_audio_files",
-    "read_file",
     "run_ray",
 ]

@@ -21,7 +21,7 @@ import torch
 from audio_naturelm import AudioError, audio_info, read_audio, stream_windows, window_starts
 from naturelm.convert import DTYPES, ORIGINAL_DECODING
 from naturelm.infer import MemoryWriter, format_table, run
-from naturelm.loading import RELEASED_BASE_MODEL, RELEASED_MODEL, ModelFilesError, WeightsUnavailableError, load_model
+from naturelm.loading import RELEASED_BASE_MODEL, RELEASED_MODEL, ModelFilesError, WeightsUnavailableError, load
 from naturelm.engine import DEFAULT_QUERY, Recording, generation_task, run_recordings
 from naturelm.quantization import BITSANDBYTES
 from naturelm.plotting import figure_png, plot_windows, window_label
@@ -133,8 +133,9 @@ class ModelHolder:
             if self._loaded is None:
                 s = self.settings
                 try:
-                    model, processor = load_model(s.model, s.base_model, DTYPES[s.dtype], smoke=s.smoke,
-                                                  quantize=s.quantize, device=s.device)
+                    # the adapter stays unmerged: the merging-α slider sets its scale per call
+                    self._loaded = load(s.model, base_model=s.base_model, dtype=DTYPES[s.dtype], smoke=s.smoke,
+                                        quantize=s.quantize, device=s.device, merge_adapter=False)
                 except WeightsUnavailableError as error:
                     raise gr.Error(
                         f"{str(error).splitlines()[0]} Set NATURELM_MODEL to a converted folder or a hub id this "
@@ -144,8 +145,6 @@ class ModelHolder:
                 except ModelFilesError as error:  # the files are here but broken: a login would not help
                     raise gr.Error(f"{error} Set NATURELM_MODEL to a complete model, or NATURELM_MODEL=tiny to try "
                                    "the app on a tiny random model.", title="Model files broken") from error
-                # bitsandbytes models are loaded onto the device (and refuse to move)
-                self._loaded = (model if s.quantize else model.to(s.device)), processor
             return self._loaded
 
 

@@ -72,27 +72,12 @@ def test_smoke_mode_runs_every_window_and_reports_bad_files(tmp_path, audio_dir)
     assert set(errors) == {"empty.wav", "folder.wav"}  # notes.txt is not audio and is not picked up
 
 
-def test_freed_memory_stays_mapped_after_tuning(tmp_path):
-    """Without the tuning glibc unmaps a freed 256 MB tensor at once; with it the pages stay for the next one."""
-    script = (
-        "import sys, torch\n"
-        "from naturelm.loading import keep_freed_memory_mapped\n"
-        "assert sys.argv[1] == '0' or keep_freed_memory_mapped()\n"
-        "rss = lambda: int(open('/proc/self/statm').read().split()[1]) * 4096\n"
-        "before = rss(); block = torch.ones(64 * 2**20); del block\n"
-        "print(rss() - before)\n"
-    )
-    kept = {flag: int(subprocess.run([sys.executable, "-c", script, flag], capture_output=True, text=True,
-                                     check=True).stdout) for flag in ("0", "1")}
-    assert kept["0"] < 2**27 < kept["1"]
-
-
-def test_load_model_merges_the_adapter_for_inference(reference):
-    from naturelm.loading import load_model
+def test_the_loader_merges_the_adapter_for_inference(reference):
+    from naturelm.loading import load
     from pipeline_naturelm import build_prompt
 
-    model, processor = load_model("unused", smoke=True)
-    merged, _ = load_model("unused", smoke=True, merge_adapter=True)
+    model, processor = load(smoke=True, merge_adapter=False)
+    merged, _ = load(smoke=True)
     assert model._lora_layers() and not merged._lora_layers()
     batch = processor(text=build_prompt(processor, "Caption the audio."), audio=reference["waveform"][0].numpy(),
                       sampling_rate=16000)
@@ -102,12 +87,12 @@ def test_load_model_merges_the_adapter_for_inference(reference):
 
 @pytest.mark.parametrize("native_bf16", [False, True])
 def test_audio_encoder_runs_in_fp32_on_a_cpu_without_native_bf16(reference, monkeypatch, native_bf16):
-    from naturelm.loading import audio_encoder_to_fp32_without_native_bf16, load_model
+    from naturelm.loading import audio_encoder_to_fp32_without_native_bf16, load
     from pipeline_naturelm import AudioWindow, build_prompt, generate_answers
 
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: native_bf16)
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
-    model, processor = load_model("unused", smoke=True)
+    model, processor = load(smoke=True, merge_adapter=False)
     reference_model = copy.deepcopy(model).to(torch.bfloat16).float()  # the same bf16-rounded weights, all fp32
     model = model.to(torch.bfloat16)
     assert audio_encoder_to_fp32_without_native_bf16(model) is not native_bf16

@@ -140,7 +140,7 @@ def test_checkpoints_decode_like_the_original_whatever_the_base_samples(parity_d
     import naturelm.auto  # noqa: F401  (registers the pipeline task)
     from naturelm.convert import ORIGINAL_DECODING
     from naturelm.evaluation.generation import generate_answers as evaluation_answers
-    from naturelm.loading import load_for_inference
+    from naturelm.loading import load
     from pipeline_naturelm import DEFAULT_QUERY, TASK, build_prompt
 
     base = tmp_path / "sampling_base"
@@ -158,7 +158,7 @@ def test_checkpoints_decode_like_the_original_whatever_the_base_samples(parity_d
         assert getattr(saved, name) == value, name
     assert sampling.eos_token_id and set(GenerationConfig.from_pretrained(base).eos_token_id) <= set(saved.eos_token_id)
 
-    model, processor = load_for_inference(str(converted), dtype=torch.float32)
+    model, processor = load(str(converted), dtype=torch.float32)
     clip = reference["waveform"][0].numpy()
     explicit = {key: value for key, value in ORIGINAL_DECODING.items() if value is not None}
     inputs = processor(text=build_prompt(processor, DEFAULT_QUERY), audio=clip, sampling_rate=16000)

@@ -402,7 +402,6 @@ def test_missing_weights_message_names_a_login_command_that_exists(beside_shared
     import huggingface_hub.constants
 
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
-    monkeypatch.setattr("naturelm.loading.keep_freed_memory_mapped", lambda: False)  # process-wide; not under test
     recording = next(p for p in sorted(audio_dir.iterdir()) if p.suffix == ".wav")
     command = find("README.md", "./run naturelm infer path/to/recordings")
     args = [str(recording) if word == "path/to/recordings" else word for word in command.words]

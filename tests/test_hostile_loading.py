@@ -2,7 +2,7 @@
 Q-Former, BEATs, a LoRA B), config.json claiming a layer the weights lack, a mis-shaped weight, a truncated file, the
 weights only as a pickled or truncated pytorch_model.bin, an adapter config without its weights or the reverse.
 Every door refuses them with one line that names the file (and the tensors), never with a login hint:
-`load_for_inference`, `naturelm infer --model` (exit 3), the Space's loader and, for the tensors, `AutoModel` remote
+`naturelm.loading.load`, `naturelm infer --model` (exit 3), the Space's loader and, for the tensors, `AutoModel` remote
 code."""
 
 import argparse
@@ -19,7 +19,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from naturelm.loading import ModelFilesError, load_for_inference
+from naturelm.loading import ModelFilesError, load
 
 MODEL, ADAPTER = "model.safetensors", "adapter_model.safetensors"
 
@@ -129,16 +129,39 @@ def _assert_names(message: str, expected: list[str]) -> None:
 
 
 @pytest.mark.parametrize("name", BREAKS)
-def test_load_for_inference_refuses(name, tiny_model_dir, tmp_path):
+def test_the_loader_refuses(name, tiny_model_dir, tmp_path):
     folder, expected = _broken(tiny_model_dir, tmp_path, name)
     with pytest.raises(ModelFilesError) as error:
-        load_for_inference(str(folder), dtype=torch.float32)
+        load(str(folder), dtype=torch.float32)
     _assert_names(str(error.value), expected)
 
 
+def _assert_one_line_exit_3(code: int, stderr: str, expected, output) -> None:
+    assert code == 3, stderr[-3000:]
+    assert "Traceback" not in stderr and "LOAD REPORT" not in stderr, stderr[-3000:]
+    errors = [line for line in stderr.splitlines() if line.startswith("naturelm:")]
+    assert len(errors) == 1, stderr[-3000:]
+    _assert_names(errors[0], expected)
+    assert not output.exists() or output.read_text() == ""
+
+
 @pytest.mark.parametrize("name", BREAKS)
-def test_cli_infer_exits_3_with_one_line(name, tiny_model_dir, tmp_path, audio_recordings):
+def test_cli_infer_exits_3_with_one_line(name, tiny_model_dir, tmp_path, audio_recordings, capfd, monkeypatch):
+    """`naturelm infer` in this process (its `main`, with the process's stderr captured at the file descriptor, where
+    transformers' log handlers write); one case also as its own process below."""
+    from naturelm.cli import main
+
     folder, expected = _broken(tiny_model_dir, tmp_path, name)
+    clip = min(audio_recordings, key=lambda recording: recording.path.stat().st_size).path
+    output = tmp_path / "out.jsonl"
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    code = main(["infer", str(clip), "--model", str(folder), "--dtype", "fp32", "--output", str(output),
+                 "--no-progress"])
+    _assert_one_line_exit_3(code, capfd.readouterr().err, expected, output)
+
+
+def test_cli_infer_exits_3_with_one_line_as_a_process(tiny_model_dir, tmp_path, audio_recordings):
+    folder, expected = _broken(tiny_model_dir, tmp_path, next(iter(BREAKS)))
     clip = min(audio_recordings, key=lambda recording: recording.path.stat().st_size).path
     output = tmp_path / "out.jsonl"
     env = {**os.environ, "HF_HOME": str(tmp_path / "hf_home"), "HF_HUB_OFFLINE": "1"}
@@ -147,12 +170,7 @@ def test_cli_infer_exits_3_with_one_line(name, tiny_model_dir, tmp_path, audio_r
          "--output", str(output), "--no-progress"],
         capture_output=True, text=True, env=env, timeout=600,
     )
-    assert result.returncode == 3, result.stderr[-3000:]
-    assert "Traceback" not in result.stderr and "LOAD REPORT" not in result.stderr, result.stderr[-3000:]
-    errors = [line for line in result.stderr.splitlines() if line.startswith("naturelm:")]
-    assert len(errors) == 1, result.stderr[-3000:]
-    _assert_names(errors[0], expected)
-    assert not output.exists() or output.read_text() == ""
+    _assert_one_line_exit_3(result.returncode, result.stderr, expected, output)
 
 
 def test_space_loader_refuses_without_a_login_hint(tiny_model_dir, tmp_path):

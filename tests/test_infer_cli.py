@@ -13,6 +13,7 @@ import time
 import numpy as np
 import pytest
 import soundfile
+from cli_runner import run_cli
 
 
 def _command(*args: str) -> list[str]:
@@ -33,12 +34,11 @@ def recordings(audio_dir, tmp_path_factory):
 
 
 def test_killed_run_resumes_to_byte_identical_output(recordings, tmp_path):
-    args = ["infer", str(recordings), "--smoke", "--batch-size", "1", "--max-new-tokens", "40",
+    args = ["infer", str(recordings), "--smoke", "--batch-size", "1", "--max-new-tokens", "8",
             "--no-progress"]
     for fmt in ("jsonl", "raven"):
         reference, killed = tmp_path / f"reference.{fmt}", tmp_path / f"killed.{fmt}"
-        done = subprocess.run(_command(*args, "--format", fmt, "--output", str(reference)), env=_env(tmp_path),
-                              capture_output=True, text=True, timeout=600)
+        done = run_cli([*args, "--format", fmt, "--output", str(reference)])  # the kill needs a process; these not
         assert done.returncode == 0, done.stderr
 
         process = subprocess.Popen(_command(*args, "--format", fmt, "--output", str(killed)), env=_env(tmp_path),
@@ -55,8 +55,7 @@ def test_killed_run_resumes_to_byte_identical_output(recordings, tmp_path):
         files = len(list(recordings.iterdir()))
         assert 2 <= finished_before_kill < files, "the kill must land mid-run for this test to mean anything"
 
-        resumed = subprocess.run(_command(*args, "--format", fmt, "--output", str(killed), "--resume"),
-                                 env=_env(tmp_path), capture_output=True, text=True, timeout=600)
+        resumed = run_cli([*args, "--format", fmt, "--output", str(killed), "--resume"])
         assert resumed.returncode == 0, resumed.stderr
         assert f"{files - finished_before_kill} files" in resumed.stderr  # only the rest was run
         assert killed.read_bytes() == reference.read_bytes()
@@ -97,9 +96,8 @@ def test_bad_files_are_failed_rows_and_good_ones_still_run(audio_dir, tmp_path):
         shutil.copy(path, folder / path.name)
     bad = _bad_files(folder, good[0])
     output = tmp_path / "out.jsonl"
-    result = subprocess.run(_command("infer", str(folder), "--smoke", "--max-new-tokens", "2", "--no-progress",
-                                     "--output", str(output)), env=_env(tmp_path), capture_output=True, text=True,
-                            timeout=600)
+    result = run_cli(["infer", str(folder), "--smoke", "--max-new-tokens", "2", "--no-progress", "--output",
+                      str(output)])
     assert result.returncode == 1, result.stderr  # partial failure
     assert "Traceback" not in result.stderr and f"{bad} failed" in result.stderr
     rows = [json.loads(line) for line in output.read_text().splitlines()]
@@ -116,9 +114,8 @@ def test_raven_table_and_candidate_labels(audio_dir, tmp_path):
     labels = tmp_path / "labels.txt"
     labels.write_text("American Robin\nGreen Treefrog\nGray Wolf\n")
     output = tmp_path / "selections.txt"
-    result = subprocess.run(_command("infer", str(clip), str(clip), "--smoke", "--labels", str(labels),
-                                     "--no-progress", "--output", str(output)), env=_env(tmp_path),
-                            capture_output=True, text=True, timeout=600)
+    result = run_cli(["infer", str(clip), str(clip), "--smoke", "--labels", str(labels), "--no-progress", "--output",
+                      str(output)])
     assert result.returncode == 0, result.stderr
     with open(output, newline="") as handle:
         table = list(csv.DictReader(handle, delimiter="\t"))
@@ -133,8 +130,7 @@ def test_raven_table_and_candidate_labels(audio_dir, tmp_path):
 def test_embed_writes_one_vector_per_window(audio_dir, tmp_path):
     clip = max(audio_dir.glob("*.mp3"), key=lambda p: soundfile.info(p).duration)
     output = tmp_path / "embeddings.npz"
-    result = subprocess.run(_command("embed", str(clip), str(tmp_path / "missing.wav"), "--smoke", "--output",
-                                     str(output)), env=_env(tmp_path), capture_output=True, text=True, timeout=600)
+    result = run_cli(["embed", str(clip), str(tmp_path / "missing.wav"), "--smoke", "--output", str(output)])
     assert result.returncode == 1 and "1 failed" in result.stderr
     data = np.load(output)
     audio, rate = soundfile.read(clip)
@@ -144,10 +140,10 @@ def test_embed_writes_one_vector_per_window(audio_dir, tmp_path):
     assert set(data["path"]) == {str(clip)}
 
     parquet = tmp_path / "embeddings.parquet"
-    result = subprocess.run(_command("embed", str(clip), str(tmp_path / "missing.wav"), "--smoke", "--output",
-                                     str(parquet)), env=_env(tmp_path), capture_output=True, text=True, timeout=600)
+    result = run_cli(["embed", str(clip), str(tmp_path / "missing.wav"), "--smoke", "--output", str(parquet)])
     import pyarrow.parquet as pq
 
+    assert result.returncode == 1, result.stderr
     table = pq.read_table(parquet).to_pydict()
     assert len(table["file"]) == windows + 1 and table["error"].count(None) == windows
 
@@ -160,16 +156,14 @@ def test_query_that_holds_the_audio_placeholder(audio_dir, tmp_path):
     outputs = {}
     for name, query in [("plain", "Describe the sound."), ("placeholder", f"{AUDIO_SPAN} Describe the sound.")]:
         outputs[name] = tmp_path / f"{name}.jsonl"
-        result = subprocess.run(_command("infer", str(clip), "--smoke", "--query", query, "--max-new-tokens", "3",
-                                         "--no-progress", "--output", str(outputs[name])), env=_env(tmp_path),
-                                capture_output=True, text=True, timeout=600)
+        result = run_cli(["infer", str(clip), "--smoke", "--query", query, "--max-new-tokens", "3", "--no-progress",
+                          "--output", str(outputs[name])])
         assert result.returncode == 0, result.stderr
     rows = [json.loads(line) for line in outputs["placeholder"].read_text().splitlines()]
     assert rows and all(row["answer"] is not None and row["error"] is None for row in rows)
     assert outputs["placeholder"].read_bytes() == outputs["plain"].read_bytes()
     mid = tmp_path / "mid.jsonl"
-    result = subprocess.run(_command("infer", str(clip), "--smoke", "--query", f"Listen: {AUDIO_SPAN} What is it?",
-                                     "--max-new-tokens", "3", "--no-progress", "--output", str(mid)),
-                            env=_env(tmp_path), capture_output=True, text=True, timeout=600)
+    result = run_cli(["infer", str(clip), "--smoke", "--query", f"Listen: {AUDIO_SPAN} What is it?",
+                      "--max-new-tokens", "3", "--no-progress", "--output", str(mid)])
     assert result.returncode == 0, result.stderr
     assert all(json.loads(line)["answer"] is not None for line in mid.read_text().splitlines())

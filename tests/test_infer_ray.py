@@ -14,7 +14,7 @@ import pytest
 # The same greedy decoding for every run here, so Ray rows and local rows must be equal.
 DECODING = ["--smoke", "--num-beams", "1", "--max-new-tokens", "20", "--batch-size", "1",
             "--no-progress"]
-RAY = ["--ray-cpus-per-actor", "0.5"]  # two CPUs: half a CPU for the actor leaves the read tasks room
+RAY = ["--ray-cpus-per-actor", "0.5"]  # two CPUs: half a CPU for the actor leaves room for a second actor
 
 
 def _command(*args: str) -> list[str]:
@@ -137,32 +137,44 @@ def test_a_killed_driver_resumes_without_duplicate_or_missing_rows(cluster, fold
     assert len(_journal(output)) == files
 
 
-def test_actors_that_leave_no_cpu_for_reading_are_refused(cluster):
+def test_actors_the_cluster_cannot_place_are_refused(cluster):
+    import ray
+
     from naturelm.ray_infer import RayResources, check_resources
 
-    with pytest.raises(ValueError, match="leave no CPU for the read tasks"):
-        check_resources(RayResources(actors=2, cpus_per_actor=1.0))
+    cpus = int(ray.cluster_resources()["CPU"])
+    with pytest.raises(ValueError, match=f"need more than the cluster's {cpus} CPUs"):
+        check_resources(RayResources(actors=cpus + 1, cpus_per_actor=1.0))
     with pytest.raises(ValueError, match="GPUs"):
         check_resources(RayResources(actors=1, cpus_per_actor=0.5, gpus_per_actor=1.0))
-    check_resources(RayResources(actors=2, cpus_per_actor=0.5))
+    check_resources(RayResources(actors=cpus, cpus_per_actor=1.0))
 
 
-def test_urls_are_listed_and_read_as_their_local_files(folder):
+def test_urls_are_listed_and_answered_as_their_local_files(folder, audio_dir):
     """A filesystem URL (file:// here; s3://, gs:// the same way through pyarrow) lists the same audio files and
-    reads to the same windows as the local path."""
+    gives the same rows as the local path, through the engine as an actor runs it."""
     from audio_naturelm import find_audio_files
-    from naturelm.ray_infer import WindowSettings, list_audio_files, read_file
+    from naturelm.infer import make_task
+    from naturelm.loading import load
+    from naturelm.ray_infer import WindowSettings, answer_files, list_audio_files
+    from pipeline_naturelm import build_prompt
 
     local = [p for p in find_audio_files([str(folder)]) if p.is_file()]  # a URL listing keeps files only
     urls = list_audio_files([f"file://{folder}"])
     assert urls == [f"file://{p}" for p in local]
-    settings = WindowSettings(10.0, 5.0)
-    for url, path in zip(urls, local):
-        from_url = list(read_file({"path": url}, settings))
-        from_path = list(read_file({"path": str(path)}, settings))
-        assert [{**r, "path": str(path), "error": r["error"].replace(url, str(path))} for r in from_url] == from_path
-        assert "naturelm-" not in from_url[-1]["error"]  # a reason names the URL, never the fetched temporary file
-        assert from_url[-1]["kind"] == "end" and from_url[-1]["number"] == len(from_url) - 1
+    model, processor = load(smoke=True)
+    settings, prompt = WindowSettings(10.0, 5.0), build_prompt(processor, "Caption the audio.")
+    task = make_task(None, max_new_tokens=2, num_beams=1, do_sample=False)
+    from_urls = answer_files(model, processor, urls, task, prompt, settings, batch_size=4)
+    from_paths = answer_files(model, processor, [str(p) for p in local], task, prompt, settings, batch_size=4)
+    assert [r.key for r in from_urls] == urls
+    readable = {p.name for p in audio_dir.iterdir()}  # the folder adds only bad files to these
+    for url, path, by_url, by_path in zip(urls, local, from_urls, from_paths):
+        assert by_url.rows == by_path.rows
+        assert (by_url.error is None) == (path.name in readable)
+        if by_url.error is not None:  # a reason names the URL, never the fetched temporary file
+            assert by_url.error.replace(url, str(path)) == by_path.error and "naturelm-" not in by_url.error
+    assert any(r.rows for r in from_urls)
 
 
 def test_without_ray_installed_the_error_says_how_to_install_it(folder, tmp_path):

@@ -105,6 +105,11 @@ def test_transformers_pipeline_factory_loads_the_remote_code(parity_dir, tmp_pat
             parity_dir / "qformer_config.json", dtype="fp32")
     pipe = pipeline(TASK, model=str(tmp_path), trust_remote_code=True)
     assert type(pipe).__name__ == "NatureLMPipeline"
+    # the model declares the pipeline by name (it cannot import it: the pipeline imports the model)
+    from modeling_naturelm import PIPELINE_CLASS
+    from pipeline_naturelm import NatureLMPipeline
+
+    assert PIPELINE_CLASS == f"{NatureLMPipeline.__module__}.{NatureLMPipeline.__name__}"
     output = pipe(long_recording, max_new_tokens=2, min_new_tokens=2)
     assert output["file"] == long_recording and all(len(w["text"]) > 0 for w in output["windows"])
 

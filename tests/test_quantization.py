@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from audio_fixture import num_windows
-from naturelm.loading import load_for_inference
+from naturelm.loading import load
 from naturelm.quantization import BITSANDBYTES, QUANTIZATIONS, Int8Linear, bitsandbytes_config, quantize_language_model
 from naturelm.testing_utils import tiny_model_and_processor
 from pipeline_naturelm import DEFAULT_QUERY, build_prompt
@@ -62,14 +62,12 @@ def test_quantizing_refuses_an_unmerged_adapter_a_gpu_model_and_unknown_methods(
 
 _QUANTIZE_AND_REPORT_RSS = """
 import json, torch
-from naturelm.loading import keep_freed_memory_mapped
 from naturelm.quantization import quantize_language_model
 from naturelm.testing_utils import tiny_model_and_processor
 
 def rss_mb():
     return int(open("/proc/self/statm").read().split()[1]) * 4096 / 2**20
 
-assert keep_freed_memory_mapped()  # as the command-line tools run: freed memory is never handed back by itself
 model, _ = tiny_model_and_processor(lora_rank=0, text_config=dict(hidden_size=1024, intermediate_size=4096,
                                     num_hidden_layers=2, num_attention_heads=8, num_key_value_heads=4))
 model = model.to(torch.bfloat16)
@@ -80,11 +78,11 @@ print(json.dumps({"before": before, "after": rss_mb()}))
 """
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc and glibc's allocator")
-def test_quantizing_under_the_cli_allocator_does_not_grow_memory():
-    # The tools keep freed memory mapped; converting weight by weight (bf16 -> fp32 temporaries -> int8) then left
-    # holes the next weight could not reuse, and the 8B model grew past 24 GB. Here the 128k-row lm_head alone makes
-    # ~1 GB of fp32 temporaries: if they are not handed back, resident memory ends above where it started.
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_quantizing_does_not_grow_memory():
+    # Converting weight by weight (bf16 -> fp32 temporaries -> int8) must hand each weight's memory back before the
+    # next (under a tuned allocator it once left holes, and the 8B model grew past 24 GB). Here the 128k-row lm_head
+    # alone makes ~1 GB of fp32 temporaries: if they are kept, resident memory ends above where it started.
     done = subprocess.run([sys.executable, "-c", _QUANTIZE_AND_REPORT_RSS], capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     rss = json.loads(done.stdout.splitlines()[-1])
@@ -96,8 +94,8 @@ def test_int8_logits_stay_close_to_full_precision(tiny_model_dir, audio_recordin
     answer, stay within a few percent of it (the benchmark reports the greedy agreement; here it is bounded)."""
     from audio_naturelm import read_audio
 
-    exact, processor = load_for_inference(str(tiny_model_dir), dtype=torch.float32)
-    quantized, _ = load_for_inference(str(tiny_model_dir), dtype=torch.float32, quantize="fbgemm-int8")
+    exact, processor = load(str(tiny_model_dir), dtype=torch.float32)
+    quantized, _ = load(str(tiny_model_dir), dtype=torch.float32, quantize="fbgemm-int8")
     prompt = build_prompt(processor, DEFAULT_QUERY)
     clips = [read_audio(r.path)[: 16000 * 10] for r in audio_recordings[:3]]
     inputs = processor(text=[prompt] * len(clips), audio=clips, sampling_rate=16000, return_tensors="pt",
@@ -140,7 +138,7 @@ def test_automodel_quantizes_the_language_model_linears_only(tiny_model_dir, aud
     config = bitsandbytes_config(method, torch.bfloat16)
     model = AutoModel.from_pretrained(tiny_model_dir, trust_remote_code=True, dtype=torch.bfloat16,
                                       quantization_config=config).eval()
-    reference, processor = load_for_inference(str(tiny_model_dir), dtype=torch.bfloat16)
+    reference, processor = load(str(tiny_model_dir), dtype=torch.bfloat16)
     layer = _bitsandbytes_layer(method)
     quantized = {name for name, module in model.named_modules() if isinstance(module, layer)}
     language = {name for name, module in model.model.language_model.named_modules(prefix="model.language_model")
@@ -175,5 +173,4 @@ def test_fp16_keeps_the_audio_side_in_fp32(tiny_model_dir):
 
 def test_quantizing_an_original_checkpoint_asks_for_a_conversion(parity_dir):
     with pytest.raises(ValueError, match="naturelm convert"):
-        load_for_inference(str(parity_dir / "original_checkpoint_full"), str(parity_dir / "base_llama"),
-                           quantize="nf4")
+        load(str(parity_dir / "original_checkpoint_full"), base_model=str(parity_dir / "base_llama"), quantize="nf4")

@@ -19,7 +19,7 @@ from gradio_client.exceptions import AppError  # noqa: E402
 
 from audio_naturelm import stream_windows  # noqa: E402
 from naturelm.infer import CSV_COLUMNS, RAVEN_COLUMNS, MemoryWriter, ResultWriter, run  # noqa: E402
-from naturelm.loading import load_model  # noqa: E402
+from naturelm.loading import load  # noqa: E402
 from pipeline_naturelm import AudioWindow, generate_answers  # noqa: E402
 
 SPECIES = "What is the common name for the focal species in the audio? Answer:"
@@ -52,7 +52,7 @@ def longest(accepted, max_windows):
 
 @pytest.fixture(scope="module")
 def model(tiny_model_dir):
-    return load_model(str(tiny_model_dir), dtype=torch.float32)
+    return load(str(tiny_model_dir), dtype=torch.float32, merge_adapter=False)  # as the Space loads it
 
 
 def _text(message: dict) -> str:

@@ -177,3 +177,18 @@ def test_the_tiny_model_loads_once_on_first_use():
     model, processor = holder.get()
     assert holder.get()[0] is model and model.device.type == "cpu" and not model.training
     assert type(processor).__name__ == "NatureLMProcessor"
+
+
+@pytest.mark.parametrize("native_bf16", [False, True])
+def test_the_space_places_the_model_as_every_tool_does(tiny_model_dir, monkeypatch, native_bf16):
+    """On a CPU without native bf16 the Space's bf16 model gets an fp32 audio encoder (bf16 is emulated there, 7x
+    slower), as the CLI's does; its adapter stays unmerged for the merging-α slider."""
+    import torch
+
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: native_bf16)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    model, _ = engine.ModelHolder(engine.Settings(model=str(tiny_model_dir), dtype="bf16", device="cpu")).get()
+    expected = torch.bfloat16 if native_bf16 else torch.float32
+    assert model.model.audio_tower.dtype == model.model.audio_projector.linear.weight.dtype == expected
+    assert model.model.language_model.dtype == torch.bfloat16
+    assert model._lora_layers()

@@ -56,7 +56,7 @@ def _beans_zero(args: argparse.Namespace) -> None:
 
     from ..convert import DTYPES
     from ..journal import UsageError, existing_output_check, model_identity
-    from ..loading import load_for_inference
+    from ..loading import load
     from .dataset import component_label_sets, iter_rows, load_beans_zero
     from .errors import EvaluationError
     from .runner import run_beans_zero
@@ -72,9 +72,8 @@ def _beans_zero(args: argparse.Namespace) -> None:
     if args.smoke:
         _log("SMOKE MODE: a tiny random NatureLM model, not the released weights; answers are meaningless.")
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    model, processor = load_for_inference(
-        args.model, args.base_model, DTYPES[args.dtype], args.merging_alpha, args.smoke, device, args.quantize
-    )
+    model, processor = load(args.model, base_model=args.base_model, dtype=DTYPES[args.dtype],
+                            merging_alpha=args.merging_alpha, smoke=args.smoke, device=device, quantize=args.quantize)
     output_dir.mkdir(parents=True, exist_ok=True)
     summary = run_beans_zero(
         model, processor, iter_rows(dataset, args.components, args.limit), predictions,

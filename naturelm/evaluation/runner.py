@@ -112,10 +112,7 @@ def run_beans_zero(
                 for e in examples
             ]
             prompts = [render_prompt(clip_processor, e.instruction) for e in examples]
-            answers = generate(
-                model, clip_processor, prompts, clips, extractor.sampling_rate,
-                batch_size=batch_size, **decoding,
-            )
+            answers = generate(model, clip_processor, prompts, clips, extractor.sampling_rate, **decoding)
             if len(answers) != len(examples):
                 raise RuntimeError(f"The model gave {len(answers)} answers for {len(examples)} prompts.")
             writer.write(

@@ -2,7 +2,7 @@
 
 Two starting points:
 - a NatureLM checkpoint (`model_name_or_path`): a converted folder (e.g. a previous stage's output) or the released
-  original-layout checkpoint with its base Llama, loaded by `naturelm.loading.load_model`;
+  original-layout checkpoint with its base Llama, loaded by `naturelm.loading.load`;
 - a fresh NatureLM from its parts (`audio_encoder_name_or_path` + `text_model_name_or_path`): a BEATs checkpoint, a
   new window Q-Former, and a base Llama (plus the `[PAD]` token the original added), as the paper's stage 1 starts.
 """
@@ -21,7 +21,7 @@ from trl import ModelConfig, get_peft_config
 
 from configuration_naturelm import NatureLMConfig
 from ..convert import LORA_TARGET_MODULES, convert_state_dict, finish_model, language_model_targets, load_tokenizer
-from ..loading import load_model
+from ..loading import load
 from modeling_naturelm import NatureLMBeatsModel, NatureLMForConditionalGeneration, NatureLMWindowQFormerProjector
 from processing_naturelm import NatureLMProcessor
 from .arguments import NatureLMArguments
@@ -67,8 +67,8 @@ def load_model_for_training(
             if naturelm_args.audio_encoder_name_or_path:
                 raise ValueError("Give either model_name_or_path (a NatureLM checkpoint) or audio_encoder_name_or_path "
                                  "(a fresh model from BEATs + Llama), not both.")
-            return load_model(model_args.model_name_or_path, naturelm_args.text_model_name_or_path, dtype=dtype,
-                              **_qlora_kwargs(model_args))
+            return load(model_args.model_name_or_path, base_model=naturelm_args.text_model_name_or_path, dtype=dtype,
+                        training=True, **_qlora_kwargs(model_args))
         if not naturelm_args.audio_encoder_name_or_path:
             raise ValueError("No starting weights: set model_name_or_path (a NatureLM checkpoint) or "
                              "audio_encoder_name_or_path + text_model_name_or_path (BEATs + Llama).")
