@@ -12,7 +12,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-import torch
+
+# Under pytest-xdist each worker is a process with its own torch: split the CPUs between the workers (and the
+# processes they start, which inherit this), or their thread pools fight over the cores (measured on 2 cores, 2
+# workers: a third of the tests' time went to that).
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+if _WORKERS > 1:
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, len(os.sched_getaffinity(0)) // _WORKERS)))
+
+import torch  # noqa: E402
 from safetensors.torch import load_file
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"

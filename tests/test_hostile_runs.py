@@ -16,6 +16,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import soundfile
@@ -137,7 +138,10 @@ def test_embed_resumes_from_its_journal(clips, tmp_path, capsys):
     capsys.readouterr()
     assert main([*args, "--resume"]) == 0
     assert "naturelm: 1 files" in capsys.readouterr().err
-    assert pq.read_table(output).to_pydict() == reference
+    resumed = pq.read_table(output).to_pydict()
+    # The resumed file ran in a batch of its own: vectors agree to float rounding, everything else exactly.
+    np.testing.assert_allclose(resumed.pop("llm_embedding"), reference.pop("llm_embedding"), rtol=1e-5, atol=1e-6)
+    assert resumed == reference
     assert main([*args, "--resume", "--window", "4"]) == 2
 
 
