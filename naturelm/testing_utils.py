@@ -1,9 +1,11 @@
 """Tiny random NatureLM models with the real Llama 3 tokenizer, for tests and the smoke mode (no download needed)."""
 
+import functools
 from importlib import resources
 from pathlib import Path
 
 import torch
+from tokenizers import Tokenizer
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 from transformers.convert_slow_tokenizer import TikTokenConverter
 
@@ -39,15 +41,21 @@ def _llama3_special_tokens() -> list[str]:
     return tokens
 
 
+@functools.cache
+def _llama3_bpe() -> str:
+    """The `tokenizers` JSON of the BPE file that `llama-models` ships: converting its 128k merges takes seconds,
+    so a process does it once."""
+    bpe_file = resources.files("llama_models") / "llama3" / "tokenizer.model"
+    return TikTokenConverter(vocab_file=str(bpe_file), pattern=_LLAMA3_PATTERN).converted().to_str()
+
+
 def llama3_tokenizer(tokenizer_dir: str | Path | None = None) -> PreTrainedTokenizerFast:
     """The Llama 3.1 tokenizer plus NatureLM's `[PAD]` (id 128256): from a folder, or built from the BPE file that
     the `llama-models` package ships."""
     if tokenizer_dir is not None:
         tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
     else:
-        bpe_file = resources.files("llama_models") / "llama3" / "tokenizer.model"
-        converter = TikTokenConverter(vocab_file=str(bpe_file), pattern=_LLAMA3_PATTERN)
-        tokenizer = PreTrainedTokenizerFast(tokenizer_object=converter.converted())
+        tokenizer = PreTrainedTokenizerFast(tokenizer_object=Tokenizer.from_str(_llama3_bpe()))
         # Appended in order after the 128000 BPE tokens, they get exactly the Llama 3.1 ids.
         tokenizer.add_special_tokens({"additional_special_tokens": _llama3_special_tokens()})
         tokenizer.bos_token, tokenizer.eos_token = "<|begin_of_text|>", "<|eot_id|>"

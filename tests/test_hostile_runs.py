@@ -339,8 +339,7 @@ def test_ctrl_c_prints_the_resume_command_and_exits_130(audio_dir, tmp_path):
     assert command == ["naturelm", *[a for a in args if a != "--overwrite"], "--resume"]
     finished = len(journal.read_text().splitlines()) - 1
     assert finished < len(list(folder.iterdir())), "the interrupt must land mid-run"
-    resumed = subprocess.run(_cli(*command[1:]), env=_env(tmp_path), capture_output=True, text=True, timeout=600)
-    assert resumed.returncode == 0, resumed.stderr
+    assert main(command[1:]) == 0  # the printed command, as is (in this process: no signal needed now)
     rows = _lines(output)
     windows = [(r["file"], r["start"]) for r in rows]
     assert len(windows) == len(set(windows)) and {r["file"] for r in rows} == {str(p) for p in folder.iterdir()}

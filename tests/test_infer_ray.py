@@ -10,6 +10,7 @@ import time
 
 import psutil
 import pytest
+from cli_runner import run_cli
 
 # The same greedy decoding for every run here, so Ray rows and local rows must be equal.
 DECODING = ["--smoke", "--num-beams", "1", "--max-new-tokens", "20", "--batch-size", "1",
@@ -54,12 +55,13 @@ def folder(audio_dir, tmp_path_factory):
 @pytest.fixture(scope="module")
 def local_run(folder, tmp_path_factory):
     """The rows and summary line of the same run without Ray."""
-    tmp_path = tmp_path_factory.mktemp("local_run")
-    output = tmp_path / "local.jsonl"
-    done = subprocess.run(_command("infer", str(folder), *DECODING, "--output", str(output)), env=_env(tmp_path),
-                          capture_output=True, text=True, timeout=600)
+    output = tmp_path_factory.mktemp("local_run") / "local.jsonl"
+    done = run_cli(["infer", str(folder), *DECODING, "--output", str(output)])
     assert done.returncode == 1, done.stderr  # the bad files failed
-    return _rows(output), _counts(done.stderr)
+    rows = _rows(output)
+    failed = {os.path.basename(json.loads(r)["file"]) for r in rows if json.loads(r)["error"]}
+    assert failed == {"text.wav", "empty.mp3", "directory.wav"}
+    return rows, _counts(done.stderr)
 
 
 def _counts(stderr: str) -> str:
@@ -88,19 +90,8 @@ def _model_actor_processes() -> list[psutil.Process]:
     return found
 
 
-def test_ray_run_gives_the_rows_of_a_local_run(cluster, folder, local_run, tmp_path):
-    output = tmp_path / "ray.jsonl"
-    done = subprocess.run(_command("infer", str(folder), *DECODING, *RAY, "--ray", cluster, "--output", str(output)),
-                          env=_env(tmp_path), capture_output=True, text=True, timeout=600)
-    assert done.returncode == 1, done.stderr
-    rows, counts = local_run
-    assert _rows(output) == rows
-    assert _counts(done.stderr) == counts
-    failed = {os.path.basename(json.loads(r)["file"]) for r in rows if json.loads(r)["error"]}
-    assert failed == {"text.wav", "empty.mp3", "directory.wav"}
-
-
-def test_a_killed_actor_is_restarted_and_every_window_written_once(cluster, folder, local_run, tmp_path):
+def test_a_ray_run_gives_the_rows_of_a_local_run_through_an_actor_kill(cluster, folder, local_run, tmp_path):
+    """The killed actor is restarted and every window is written once: the rows and counts of the local run."""
     output = tmp_path / "ray.jsonl"
     process = subprocess.Popen(_command("infer", str(folder), *DECODING, *RAY, "--ray", cluster, "--output",
                                         str(output)), env=_env(tmp_path), stdout=subprocess.DEVNULL,
@@ -130,7 +121,7 @@ def test_a_killed_driver_resumes_without_duplicate_or_missing_rows(cluster, fold
     files = len(list(folder.iterdir()))
     assert 1 <= finished < files, "the kill must land mid-run for this test to mean anything"
 
-    resumed = subprocess.run([*args, "--resume"], env=_env(tmp_path), capture_output=True, text=True, timeout=600)
+    resumed = run_cli([*args[3:], "--resume"])  # this process is connected to the cluster already
     assert resumed.returncode == 1, resumed.stderr
     assert f"naturelm: {files - finished} files" in resumed.stderr  # only the rest was run
     assert _rows(output) == local_run[0]

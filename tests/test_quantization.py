@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from audio_fixture import num_windows
+from cli_runner import run_cli
 from naturelm.loading import load
 from naturelm.quantization import BITSANDBYTES, QUANTIZATIONS, Int8Linear, bitsandbytes_config, quantize_language_model
 from naturelm.testing_utils import tiny_model_and_processor
@@ -111,10 +112,8 @@ def test_int8_logits_stay_close_to_full_precision(tiny_model_dir, audio_recordin
 @pytest.mark.parametrize("method", QUANTIZATIONS)
 def test_infer_takes_quantize(tiny_model_dir, audio_recordings, tmp_path, method):
     output = tmp_path / "rows.jsonl"
-    command = [sys.executable, "-m", "naturelm.cli", "infer", str(audio_recordings[0].path), "--model",
-               str(tiny_model_dir), "--quantize", method, "--num-beams", "1", "--max-new-tokens", "4", "--no-progress",
-               "--output", str(output)]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    done = run_cli(["infer", str(audio_recordings[0].path), "--model", str(tiny_model_dir), "--quantize", method,
+                    "--num-beams", "1", "--max-new-tokens", "4", "--no-progress", "--output", str(output)])
     assert done.returncode == 0, done.stderr
     rows = [json.loads(line) for line in output.read_text().splitlines()]
     expected = num_windows(audio_recordings[0].decoded_seconds, 10.0, 10.0)
