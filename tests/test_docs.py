@@ -321,7 +321,7 @@ def test_command_parses_and_says_what_it_needs(command):
         lacks = check_uv(args, command)
     elif program == "pytest":
         lacks = []
-        named = [a for i, a in enumerate(args) if not a.startswith("-") and (i == 0 or args[i - 1] not in ("-k", "-m"))]
+        named = [a for i, a in enumerate(args) if not a.startswith("-") and (i == 0 or args[i - 1] not in ("-k", "-m", "-n"))]
         assert all((ROOT / a).exists() for a in named), f"{command}: a named test is missing"
     elif program == "ray":
         lacks = [] if args[:1] == ["start"] and command.needs else ["a `# needs ...` note: it starts a Ray node"]
@@ -340,6 +340,9 @@ def test_readme_smoke_command_runs_as_written(audio_recordings):
     args = parse(naturelm_parser(), command.words[1:], command)
     result = subprocess.run(["bash", "-c", command.text], cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-2000:]
+    # A newcomer's first command says only what it is doing: the smoke banner, the progress bar, the summary.
+    said = [line for line in result.stderr.splitlines() if line.strip() and "audio-s/s]" not in line]
+    assert [line for line in said if not line.startswith(("SMOKE MODE", "naturelm: "))] == [], said
     rows = [json.loads(line) for line in result.stdout.splitlines()]
     named = [(ROOT / path).resolve() for path in args.inputs]
     expected = {r.name: num_windows(r.decoded_seconds, args.window, args.hop or args.window) for r in audio_recordings
