@@ -321,7 +321,8 @@ def test_command_parses_and_says_what_it_needs(command):
         lacks = check_uv(args, command)
     elif program == "pytest":
         lacks = []
-        named = [a for i, a in enumerate(args) if not a.startswith("-") and (i == 0 or args[i - 1] not in ("-k", "-m", "-n"))]
+        named = [a for i, a in enumerate(args)
+                 if not a.startswith("-") and (i == 0 or args[i - 1] not in ("-k", "-m", "-n"))]
         assert all((ROOT / a).exists() for a in named), f"{command}: a named test is missing"
     elif program == "ray":
         lacks = [] if args[:1] == ["start"] and command.needs else ["a `# needs ...` note: it starts a Ray node"]

@@ -112,8 +112,9 @@ def test_a_ray_run_gives_the_rows_of_a_local_run_through_an_actor_kill(cluster, 
 
 def test_a_killed_driver_resumes_without_duplicate_or_missing_rows(cluster, folder, local_run, tmp_path):
     output = tmp_path / "ray.jsonl"
-    args = _command("infer", str(folder), *DECODING, *RAY, "--ray", cluster, "--output", str(output))
-    process = subprocess.Popen(args, env=_env(tmp_path), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    args = ["infer", str(folder), *DECODING, *RAY, "--ray", cluster, "--output", str(output)]
+    process = subprocess.Popen(_command(*args), env=_env(tmp_path), stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
     _wait_for_finished_files(process, output)
     process.send_signal(signal.SIGKILL)
     process.wait()
@@ -121,7 +122,7 @@ def test_a_killed_driver_resumes_without_duplicate_or_missing_rows(cluster, fold
     files = len(list(folder.iterdir()))
     assert 1 <= finished < files, "the kill must land mid-run for this test to mean anything"
 
-    resumed = run_cli([*args[3:], "--resume"])  # this process is connected to the cluster already
+    resumed = run_cli([*args, "--resume"])  # this process is connected to the cluster already
     assert resumed.returncode == 1, resumed.stderr
     assert f"naturelm: {files - finished} files" in resumed.stderr  # only the rest was run
     assert _rows(output) == local_run[0]
